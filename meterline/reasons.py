@@ -1,0 +1,50 @@
+"""Rejection reason codes (DESIGN.md §4) and the exception that carries them.
+
+The order of `REASONS` is the order of precedence when a record has several
+defects: validation before deduplication before enrichment.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+TOO_LARGE: Final = "too_large"
+MALFORMED: Final = "malformed"
+MISSING_FIELD: Final = "missing_field"
+NOT_BILLABLE: Final = "not_billable"
+INVALID_TIMESTAMP: Final = "invalid_timestamp"
+FUTURE_TIMESTAMP: Final = "future_timestamp"
+INVALID_QUANTITY: Final = "invalid_quantity"
+UNKNOWN_ACCOUNT: Final = "unknown_account"
+NO_CONTRACT_IN_EFFECT: Final = "no_contract_in_effect"
+UNKNOWN_METER: Final = "unknown_meter"
+NO_MATCHING_CHARGE: Final = "no_matching_charge"
+PERIOD_CLOSED: Final = "period_closed"
+
+REASONS: Final = (
+    TOO_LARGE,
+    MALFORMED,
+    MISSING_FIELD,
+    NOT_BILLABLE,
+    INVALID_TIMESTAMP,
+    FUTURE_TIMESTAMP,
+    INVALID_QUANTITY,
+    UNKNOWN_ACCOUNT,
+    NO_CONTRACT_IN_EFFECT,
+    UNKNOWN_METER,
+    NO_MATCHING_CHARGE,
+    PERIOD_CLOSED,
+)
+
+# Reasons decided before deduplication: such records never enter the seen-set,
+# so a corrected re-send is accepted.
+VALIDATION_REASONS: Final = frozenset(REASONS[:7])
+
+
+class Rejected(ValueError):
+    """A record that cannot be billed; carries its reason code and a detail line."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,54 @@
+"""Records that flow between stages, as plain immutable values.
+
+`UsageEvent` is what mediation emits to `meterline.usage.mediated`; `RatedUsage`
+is what rating emits to `meterline.usage.rated`. Their wire form (Avro) lives in
+`schemas/`; these classes know nothing about Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """A normalized, validated usage event (quantity already in the meter's unit).
+
+    `value` is the counted value of `unique_count` meters (None otherwise).
+    Enrichment fields are empty until mediation's enrichment step fills them.
+    """
+
+    event_id: str
+    account_id: str
+    meter: str
+    quantity: Decimal
+    event_time: datetime  # timezone-aware, UTC
+    attributes: Mapping[str, str]
+    value: str | None = None
+    source_format: str = "json"
+    # Enrichment (mediation).
+    contract_id: str = ""
+    plan_id: str = ""
+    currency: str = ""
+    period: str = ""  # YYYY-MM in the account's zone
+
+
+@dataclass(frozen=True, slots=True)
+class RatedUsage:
+    """One mediated event priced by one charge.
+
+    `amount` = price(aggregate_after) - price(aggregate_before), exact; it can be
+    zero or negative for volume and package models.
+    """
+
+    event: UsageEvent
+    charge_id: str
+    model: str
+    quantity: Decimal  # the event's quantity after per-event rounding
+    amount: Decimal
+    aggregate_before: Decimal
+    aggregate_after: Decimal
+    invoice_id: str
