@@ -7,6 +7,7 @@ is what rating emits to `meterline.usage.rated`. Their wire form (Avro) lives in
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,3 +53,9 @@ class RatedUsage:
     aggregate_before: Decimal
     aggregate_after: Decimal
     invoice_id: str
+
+
+def invoice_id_for(account_id: str, period: str) -> str:
+    """Deterministic invoice id: the same account and period always give the same id."""
+    digest = hashlib.blake2b(f"{account_id}\x1f{period}".encode(), digest_size=6).hexdigest().upper()
+    return f"INV-{period.replace('-', '')}-{digest}"
