@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -168,7 +168,7 @@ class Catalog:
         return Catalog(meters={}, plans={}, accounts={})
 
 
-@lru_cache(maxsize=None)
+@cache
 def zone(name: str) -> ZoneInfo:
     """ZoneInfo objects are cached by the stdlib too; this keeps lookups off hot paths."""
     return ZoneInfo(name)

@@ -1,0 +1,108 @@
+"""Money rounding to ISO 4217 minor units.
+
+Invoice lines are the only rounded values in meterline (DESIGN §6): exact
+amounts stay `Decimal` with 18 places until an invoice line is made, then are
+rounded to the currency's minor units with the plan's rounding mode. Rounding
+here is exact: a value given as a ratio (a prorated fee: amount × days / days
+in the month) is rounded from the true rational value, never from a quotient
+truncated at some precision first, so no double rounding can move a cent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from types import MappingProxyType
+
+from meterline.catalog import RoundingMode
+
+__all__ = [
+    "MINOR_UNITS",
+    "UnknownCurrencyError",
+    "minor_units",
+    "round_money",
+    "round_money_ratio",
+]
+
+
+class UnknownCurrencyError(ValueError):
+    """A currency code that is not an active ISO 4217 code with minor units.
+
+    Raised instead of guessing two decimals: an invoice in an unknown currency
+    would be rounded wrongly, silently.
+    """
+
+    def __init__(self, currency: str) -> None:
+        super().__init__(f"unknown currency {currency!r}: not an ISO 4217 code with minor units")
+        self.currency = currency
+
+
+_ZERO_DECIMALS = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
+_THREE_DECIMALS = "BHD IQD JOD KWD LYD OMR TND"
+_FOUR_DECIMALS = "CLF UYW"
+_TWO_DECIMALS = (
+    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP "
+    "BYN BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD "
+    "FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD "
+    "KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD "
+    "NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP "
+    "SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED "
+    "VES WST XCD XCG YER ZAR ZMW ZWG"
+)
+
+# Active ISO 4217 codes -> number of decimals of their minor unit. Codes with no
+# minor unit in the standard (precious metals, XDR, test codes) are left out on
+# purpose: nothing can be invoiced in them.
+MINOR_UNITS: Mapping[str, int] = MappingProxyType(
+    {
+        **dict.fromkeys(_TWO_DECIMALS.split(), 2),
+        **dict.fromkeys(_ZERO_DECIMALS.split(), 0),
+        **dict.fromkeys(_THREE_DECIMALS.split(), 3),
+        **dict.fromkeys(_FOUR_DECIMALS.split(), 4),
+    }
+)
+
+
+def minor_units(currency: str) -> int:
+    """Decimals of the currency's minor unit (EUR 2, JPY 0, BHD 3); raises UnknownCurrencyError."""
+    try:
+        return MINOR_UNITS[currency.upper()]
+    except KeyError:
+        raise UnknownCurrencyError(currency) from None
+
+
+def round_money(amount: Decimal, currency: str, mode: RoundingMode) -> Decimal:
+    """Round an exact amount to the currency's minor units (half_even or half_up, away from zero)."""
+    return round_money_ratio(amount, 1, currency, mode)
+
+
+def round_money_ratio(numerator: Decimal, denominator: int, currency: str, mode: RoundingMode) -> Decimal:
+    """Round the exact value `numerator / denominator` to the currency's minor units.
+
+    Works on integers, so the result is the correctly rounded true quotient
+    whatever its length (a fee prorated over 31 days never terminates).
+    The result has exactly the currency's exponent (JPY `Decimal("12")`,
+    EUR `Decimal("12.30")`) and is never a negative zero.
+    """
+    if not numerator.is_finite():
+        raise ValueError(f"cannot round a non-finite amount: {numerator}")
+    if denominator <= 0:
+        raise ValueError(f"denominator must be positive, got {denominator}")
+    if mode not in ("half_even", "half_up"):
+        raise ValueError(f"unknown rounding mode {mode!r}")
+    decimals = minor_units(currency)
+    # numerator = num / den exactly; the value in minor units is num * 10^d / (den * denominator).
+    num, den = numerator.as_integer_ratio()
+    minor = _round_quotient(num * 10**decimals, den * denominator, mode)
+    # Built from text, not scaleb(): context arithmetic would round past 28 digits.
+    return Decimal(f"{minor}E-{decimals}")
+
+
+def _round_quotient(dividend: int, divisor: int, mode: RoundingMode) -> int:
+    """Round dividend / divisor (divisor > 0) to an integer; ties per `mode`, symmetric around zero."""
+    negative = dividend < 0
+    quotient, remainder = divmod(abs(dividend), divisor)
+    twice = 2 * remainder
+    if twice > divisor or (twice == divisor and (mode == "half_up" or quotient % 2 == 1)):
+        quotient += 1
+    return -quotient if negative else quotient

@@ -1,0 +1,388 @@
+"""The consolidator's outputs: DuckDB tables and Parquet files (DESIGN.md §7).
+
+Consumed Kafka offsets are stored in DuckDB in the same DuckDB transaction as the
+aggregates they produced, so the sink is exactly-once: on start it seeks to them.
+Parquet files are written to a temporary name and renamed, with names derived
+from partition and offset range, so a rewrite after a crash replaces a file
+instead of adding a second copy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from consolidation.invoice import InvoiceDraft, UsageTotal
+
+EXACT = pa.decimal128(38, 18)
+MONEY = pa.decimal128(38, 4)  # 4 places: wide enough for every ISO 4217 minor unit
+
+RATED_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("account_id", pa.string()),
+        ("meter", pa.string()),
+        ("charge_id", pa.string()),
+        ("model", pa.string()),
+        ("contract_id", pa.string()),
+        ("plan_id", pa.string()),
+        ("event_time", pa.timestamp("us", tz="UTC")),
+        ("quantity", EXACT),
+        ("rated_quantity", EXACT),
+        ("amount", EXACT),
+        ("aggregate_before", EXACT),
+        ("aggregate_after", EXACT),
+        ("currency", pa.string()),
+        ("invoice_id", pa.string()),
+        ("attributes", pa.string()),
+        ("source_partition", pa.int32()),
+        ("source_offset", pa.int64()),
+        ("period", pa.string()),
+    ]
+)
+
+DRAFT_SCHEMA = pa.schema(
+    [
+        ("invoice_id", pa.string()),
+        ("account_id", pa.string()),
+        ("period", pa.string()),
+        ("period_start", pa.date32()),
+        ("period_end", pa.date32()),
+        ("currency", pa.string()),
+        ("subtotal", MONEY),
+        ("discount", MONEY),
+        ("tax", MONEY),
+        ("total", MONEY),
+        ("status", pa.string()),
+        ("issue_date", pa.date32()),
+        ("due_date", pa.date32()),
+        ("event_count", pa.int64()),
+        ("generated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+LINE_SCHEMA = pa.schema(
+    [
+        ("invoice_id", pa.string()),
+        ("account_id", pa.string()),
+        ("period", pa.string()),
+        ("line_no", pa.int32()),
+        ("kind", pa.string()),
+        ("charge_id", pa.string()),
+        ("description", pa.string()),
+        ("quantity", EXACT),
+        ("unit", pa.string()),
+        ("unit_price", EXACT),
+        ("amount", MONEY),
+        ("currency", pa.string()),
+    ]
+)
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS usage_totals(
+    account_id VARCHAR, period VARCHAR, charge_id VARCHAR, meter VARCHAR, contract_id VARCHAR,
+    aggregate DECIMAL(38,18), amount_exact DECIMAL(38,18), event_count BIGINT,
+    PRIMARY KEY (account_id, period, charge_id, contract_id));
+CREATE TABLE IF NOT EXISTS invoice_drafts(
+    invoice_id VARCHAR PRIMARY KEY, account_id VARCHAR, period VARCHAR, period_start DATE, period_end DATE,
+    currency VARCHAR, subtotal DECIMAL(38,4), discount DECIMAL(38,4), tax DECIMAL(38,4), total DECIMAL(38,4),
+    status VARCHAR, issue_date DATE, due_date DATE, event_count BIGINT, generated_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS invoice_lines(
+    invoice_id VARCHAR, account_id VARCHAR, period VARCHAR, line_no INTEGER, kind VARCHAR, charge_id VARCHAR,
+    description VARCHAR, quantity DECIMAL(38,18), unit VARCHAR, unit_price DECIMAL(38,18),
+    amount DECIMAL(38,4), currency VARCHAR, PRIMARY KEY (invoice_id, line_no));
+CREATE TABLE IF NOT EXISTS closes_done(period VARCHAR, account_id VARCHAR);
+CREATE TABLE IF NOT EXISTS consumer_positions(
+    topic VARCHAR, partition INTEGER, next_offset BIGINT, lineage VARCHAR, counts VARCHAR,
+    PRIMARY KEY (topic, partition));
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    next_offset: int
+    lineage: dict[str, int]
+    counts: dict[str, int]
+
+
+class BillingStore:
+    """billing.duckdb plus the Parquet datasets under one output folder."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.db = duckdb.connect(str(self.out / "billing.duckdb"))
+        self.db.execute(_DDL)
+        self._create_rated_view()
+
+    def _create_rated_view(self) -> None:
+        # An absolute path, so the view works from any working directory.
+        pattern = (self.out / "rated_usage" / "*" / "*.parquet").as_posix()
+        if any((self.out / "rated_usage").glob("*/*.parquet")):
+            self.db.execute(
+                f"CREATE OR REPLACE VIEW rated_usage AS SELECT * FROM read_parquet('{pattern}', "
+                "hive_partitioning = false, union_by_name = true)"
+            )
+        else:
+            columns = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in RATED_SCHEMA)
+            self.db.execute(f"CREATE OR REPLACE VIEW rated_usage AS SELECT {columns} WHERE false")
+
+    def refresh_view(self) -> None:
+        self._create_rated_view()
+
+    def close(self) -> None:
+        self._create_rated_view()
+        self.db.close()
+
+    # -- positions -----------------------------------------------------------
+
+    def positions(self, topic: str) -> dict[int, Position]:
+        rows = self.db.execute(
+            "SELECT partition, next_offset, lineage, counts FROM consumer_positions WHERE topic = ?", [topic]
+        ).fetchall()
+        return {p: Position(o, orjson.loads(lin), orjson.loads(cnt)) for p, o, lin, cnt in rows}
+
+    def discard_uncommitted_files(self, partition: int, next_offset: int) -> None:
+        """Remove rated-usage files of batches that were written but never committed."""
+        for path in (self.out / "rated_usage").glob(f"*/part-{partition:03d}-*.parquet"):
+            first = int(path.stem.split("-")[2])
+            if first >= next_offset:
+                path.unlink()
+
+    # -- one batch -----------------------------------------------------------
+
+    def write_rated_files(
+        self, partition: int, first: int, last: int, rows: Sequence[dict[str, Any]]
+    ) -> None:
+        by_period: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_period.setdefault(row["period"], []).append(row)
+        for period, items in by_period.items():
+            folder = self.out / "rated_usage" / f"period={period}"
+            table = pa.Table.from_pylist(items, schema=RATED_SCHEMA)
+            write_parquet_atomically(table, folder / f"part-{partition:03d}-{first:012d}-{last:012d}.parquet")
+
+    def apply_batch(
+        self,
+        topic: str,
+        positions: dict[int, Position],
+        totals: Iterable[tuple[tuple[str, str, str, str, str], Decimal, Decimal, int]],
+    ) -> None:
+        """Upsert usage_totals and the consumed positions in one DuckDB transaction."""
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            batch = pa.Table.from_pylist(
+                [
+                    {
+                        "account_id": account,
+                        "period": period,
+                        "charge_id": charge,
+                        "meter": meter,
+                        "contract_id": contract,
+                        "aggregate": aggregate,
+                        "amount_exact": amount,
+                        "event_count": count,
+                    }
+                    for (account, period, charge, meter, contract), aggregate, amount, count in totals
+                ],
+                schema=TOTALS_SCHEMA,
+            )
+            if batch.num_rows:
+                # Columnar upsert: one statement per batch, not one per row.
+                db.register("batch_totals", batch)
+                db.execute(
+                    """INSERT INTO usage_totals SELECT * FROM batch_totals
+                       ON CONFLICT (account_id, period, charge_id, contract_id) DO UPDATE SET
+                         aggregate = excluded.aggregate,
+                         amount_exact = usage_totals.amount_exact + excluded.amount_exact,
+                         event_count = usage_totals.event_count + excluded.event_count"""
+                )
+                db.unregister("batch_totals")
+            db.executemany(
+                """INSERT INTO consumer_positions VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,
+                     lineage = excluded.lineage, counts = excluded.counts""",
+                [
+                    (
+                        topic,
+                        p,
+                        pos.next_offset,
+                        orjson.dumps(pos.lineage).decode(),
+                        orjson.dumps(pos.counts).decode(),
+                    )
+                    for p, pos in positions.items()
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- invoices ------------------------------------------------------------
+
+    def usage_for(self, period: str, account_id: str | None = None) -> dict[str, list[UsageTotal]]:
+        query = (
+            "SELECT account_id, period, contract_id, charge_id, meter, aggregate, amount_exact, event_count "
+            "FROM usage_totals WHERE period = ?"
+        )
+        params: list[Any] = [period]
+        if account_id is not None:
+            query += " AND account_id = ?"
+            params.append(account_id)
+        usage: dict[str, list[UsageTotal]] = {}
+        for row in self.db.execute(query, params).fetchall():
+            usage.setdefault(row[0], []).append(UsageTotal(*row))
+        return usage
+
+    def periods_with_usage(self) -> list[str]:
+        return [
+            r[0] for r in self.db.execute("SELECT DISTINCT period FROM usage_totals ORDER BY 1").fetchall()
+        ]
+
+    def final_keys(self) -> set[tuple[str, str]]:
+        rows = self.db.execute(
+            "SELECT account_id, period FROM invoice_drafts WHERE status = 'final'"
+        ).fetchall()
+        return {(a, p) for a, p in rows}
+
+    def open_drafts(self) -> list[tuple[str, str]]:
+        rows = self.db.execute(
+            "SELECT account_id, period FROM invoice_drafts WHERE status = 'open'"
+        ).fetchall()
+        return [(a, p) for a, p in rows]
+
+    def count_drafts(self, status: str) -> int:
+        row = self.db.execute("SELECT count(*) FROM invoice_drafts WHERE status = ?", [status]).fetchone()
+        return int(row[0]) if row else 0
+
+    def close_done(self, period: str, account_id: str | None) -> bool:
+        row = self.db.execute(
+            "SELECT count(*) FROM closes_done WHERE period = ? AND account_id IS NOT DISTINCT FROM ?",
+            [period, account_id],
+        ).fetchone()
+        return bool(row and row[0])
+
+    def mark_close_done(self, period: str, account_id: str | None) -> None:
+        self.db.execute("INSERT INTO closes_done VALUES (?, ?)", [period, account_id])
+
+    def final_invoice_ids(self, period: str) -> set[str]:
+        rows = self.db.execute(
+            "SELECT invoice_id FROM invoice_drafts WHERE period = ? AND status = 'final'", [period]
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def save_drafts(self, drafts: Sequence[InvoiceDraft], generated_at: Any) -> None:
+        """Replace the rows of these drafts (one DuckDB transaction)."""
+        if not drafts:
+            return
+        db = self.db
+        ids = [(d.invoice_id,) for d in drafts]
+        db.execute("BEGIN TRANSACTION")
+        try:
+            db.executemany("DELETE FROM invoice_lines WHERE invoice_id = ?", ids)
+            db.executemany("DELETE FROM invoice_drafts WHERE invoice_id = ?", ids)
+            db.register("new_drafts", draft_table(drafts, generated_at))
+            db.register("new_lines", line_table(drafts))
+            db.execute("INSERT INTO invoice_drafts SELECT * FROM new_drafts")
+            db.execute("INSERT INTO invoice_lines SELECT * FROM new_lines")
+            db.unregister("new_drafts")
+            db.unregister("new_lines")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def export_final_invoices(self, period: str) -> None:
+        """Rewrite invoices/period=P/*.parquet from the final drafts of the period."""
+        folder = self.out / "invoices" / f"period={period}"
+        drafts = self.db.execute(
+            "SELECT * FROM invoice_drafts WHERE period = ? AND status = 'final' ORDER BY account_id", [period]
+        ).arrow()
+        lines = self.db.execute(
+            "SELECT l.* FROM invoice_lines l JOIN invoice_drafts d USING (invoice_id) "
+            "WHERE d.period = ? AND d.status = 'final' ORDER BY l.account_id, l.line_no",
+            [period],
+        ).arrow()
+        write_parquet_atomically(_as_table(drafts).cast(DRAFT_SCHEMA), folder / "invoice_drafts.parquet")
+        write_parquet_atomically(_as_table(lines).cast(LINE_SCHEMA), folder / "invoice_lines.parquet")
+
+
+def _as_table(result: Any) -> pa.Table:
+    return result.read_all() if hasattr(result, "read_all") else result
+
+
+def draft_table(drafts: Sequence[InvoiceDraft], generated_at: Any) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "invoice_id": d.invoice_id,
+                "account_id": d.account_id,
+                "period": d.period,
+                "period_start": d.period_start,
+                "period_end": d.period_end,
+                "currency": d.currency,
+                "subtotal": d.subtotal,
+                "discount": d.discount,
+                "tax": d.tax,
+                "total": d.total,
+                "status": d.status,
+                "issue_date": d.issue_date,
+                "due_date": d.due_date,
+                "event_count": d.event_count,
+                "generated_at": generated_at,
+            }
+            for d in drafts
+        ],
+        schema=DRAFT_SCHEMA,
+    )
+
+
+def line_table(drafts: Sequence[InvoiceDraft]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "invoice_id": d.invoice_id,
+                "account_id": d.account_id,
+                "period": d.period,
+                "line_no": line.line_no,
+                "kind": line.kind,
+                "charge_id": line.charge_id,
+                "description": line.description,
+                "quantity": line.quantity,
+                "unit": line.unit,
+                "unit_price": line.unit_price,
+                "amount": line.amount,
+                "currency": d.currency,
+            }
+            for d in drafts
+            for line in d.lines
+        ],
+        schema=LINE_SCHEMA,
+    )
+
+
+def write_parquet_atomically(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, temporary)
+    os.replace(temporary, path)
+
+
+def _duck_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_decimal(arrow_type):
+        return f"DECIMAL({arrow_type.precision},{arrow_type.scale})"
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMPTZ"
+    if pa.types.is_integer(arrow_type):
+        return "BIGINT"
+    return "VARCHAR"

@@ -1,0 +1,304 @@
+"""The `meterline` command line (DESIGN.md §3).
+
+Exit codes: 0 success; 2 bad usage, bad input or an invalid catalog; 1 anything
+else, always as one clear line, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from meterline.catalog_file import CatalogError
+from meterline.config import ConfigError, Settings, load_settings
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class UsageError(ValueError):
+    """Bad command-line use."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block.
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _kafka_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="meterline.toml settings file (env METERLINE_CONFIG)"
+    )
+    parser.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers")
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    _kafka_options(parser)
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="N", help="serve /metrics and /healthz on this port"
+    )
+    parser.add_argument(
+        "--instance-id",
+        metavar="ID",
+        help="stable id of this worker (transactional id suffix; keep it across restarts)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="meterline",
+        description="Streaming usage mediation and rating: raw usage events in, exact invoice drafts out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="batch mode: the whole pipeline on the embedded broker",
+        description="Publish the catalog and the input files to an embedded broker, run all "
+        "stages until the input is drained, write the outputs and print the summary.",
+    )
+    run.add_argument("--catalog", required=True, metavar="FILE", help="contract catalog (YAML or JSON)")
+    run.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="[FORMAT:]FILE",
+        help="input file, repeatable, published in the order given; FORMAT is one of auto, json, "
+        "cloudevents, lago, asterisk-csv",
+    )
+    run.add_argument(
+        "--format", default="auto", help="format of inputs without a FORMAT: prefix (default auto)"
+    )
+    run.add_argument("--out", default="meterline-out", metavar="DIR", help="output folder")
+    run.add_argument("--close-all", action="store_true", help="finalize every draft at the end of the run")
+    run.add_argument("--summary-json", metavar="FILE", help="also write the summary counts as JSON")
+    run.add_argument("--config", metavar="FILE", help="meterline.toml settings file")
+    run.add_argument("--partitions", type=int, help="partitions per topic (default 12)")
+
+    demo = sub.add_parser(
+        "demo",
+        help="`run` on a generated month of SaaS and telecom usage",
+        description="Generate a realistic month of usage and run the whole pipeline on it.",
+    )
+    demo.add_argument("--accounts", type=int, default=300, help="number of accounts (default 300)")
+    demo.add_argument("--events", type=int, default=200_000, help="number of events (default 200000)")
+    demo.add_argument("--out", default="meterline-out", metavar="DIR", help="output folder")
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+
+    for stage, text in (
+        ("mediation", "normalize, validate, deduplicate and enrich raw events"),
+        ("rating", "price mediated events incrementally"),
+        ("consolidation", "write rated usage and invoice drafts to DuckDB and Parquet"),
+    ):
+        worker = sub.add_parser(
+            stage,
+            help=f"long-running {stage} worker: {text}",
+            description=f"Run a {stage} worker against Kafka until SIGTERM.",
+        )
+        _worker_options(worker)
+        if stage == "consolidation":
+            worker.add_argument("--out", metavar="DIR", help="output folder (default ./meterline-out)")
+            worker.add_argument(
+                "--no-auto-close",
+                action="store_true",
+                help="do not close periods automatically (e.g. to backfill past periods)",
+            )
+
+    contracts = sub.add_parser(
+        "contracts", help="manage the contract catalog", description="Manage the contract catalog topic."
+    )
+    csub = contracts.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
+    publish = csub.add_parser(
+        "publish",
+        help="validate a catalog and publish it",
+        description="Validate a catalog file and publish it to meterline.contracts.",
+    )
+    publish.add_argument("file", metavar="FILE")
+    _kafka_options(publish)
+
+    produce = sub.add_parser(
+        "produce",
+        help="publish raw events from a file",
+        description="Publish raw usage records from a file to the raw topic.",
+    )
+    produce.add_argument("input", metavar="[FORMAT:]FILE")
+    produce.add_argument("--format", default="auto", help="format when FILE has no prefix (default auto)")
+    produce.add_argument("--topic", help="raw topic (default: the first configured raw topic)")
+    _kafka_options(produce)
+
+    close = sub.add_parser(
+        "close",
+        help="finalize drafts for a period",
+        description="Publish a period close; the consolidation worker finalizes the drafts.",
+    )
+    close.add_argument("--period", required=True, metavar="YYYY-MM")
+    close.add_argument("--account", metavar="ID", help="close for one account only")
+    _kafka_options(close)
+
+    query = sub.add_parser(
+        "query",
+        help="DuckDB SQL over the outputs",
+        description="Run DuckDB SQL over billing.duckdb (tables and the rated_usage view).",
+    )
+    query.add_argument("sql", metavar="SQL")
+    query.add_argument("--out", default="meterline-out", metavar="DIR", help="output folder")
+
+    broker = sub.add_parser(
+        "broker",
+        help="run the embedded broker in the foreground",
+        description="Run the embedded Kafka-compatible broker (Tansu) until Ctrl-C.",
+    )
+    broker.add_argument("--port", type=int, help="port (default: a free one)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(getattr(args, "config", None))
+    overrides = {
+        "bootstrap_servers": getattr(args, "bootstrap_servers", None),
+        "metrics_port": getattr(args, "metrics_port", None),
+        "instance_id": getattr(args, "instance_id", None),
+        "out_dir": getattr(args, "out", None),
+        "partitions": getattr(args, "partitions", None),
+    }
+    if getattr(args, "no_auto_close", False):
+        overrides["auto_close"] = False
+    return settings.with_overrides(**overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from meterline.pipeline import print_summary, run_pipeline, write_summary_json
+    from meterline.publish import parse_input
+
+    inputs = [parse_input(spec, args.format) for spec in args.input]
+    result = run_pipeline(_settings(args), args.catalog, inputs, args.out, args.close_all, args.config)
+    print_summary(result, args.out)
+    if args.summary_json:
+        write_summary_json(result, args.summary_json)
+    return 0 if result.reconciled else EXIT_FAILURE
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from meterline.generate import generate_catalog, generate_events
+    from meterline.pipeline import print_summary, run_pipeline
+    from meterline.publish import InputFile
+
+    work = Path(tempfile.mkdtemp(prefix="meterline-demo-"))
+    document = generate_catalog(args.accounts, args.seed)
+    catalog = work / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(document, sort_keys=False))
+    events = work / "events.jsonl"
+    with events.open("wb") as handle:
+        for line in generate_events(document, args.events, args.seed):
+            handle.write(line + b"\n")
+    print(f"demo: {args.accounts} accounts, {args.events:,} events generated in {work}", flush=True)
+    started = time.monotonic()
+    result = run_pipeline(load_settings(None), str(catalog), [InputFile(events, "auto")], args.out, True)
+    print_summary(result, args.out)
+    print(f"elapsed: {time.monotonic() - started:.1f}s")
+    return 0 if result.reconciled else EXIT_FAILURE
+
+
+def _query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    path = Path(args.out) / "billing.duckdb"
+    if not path.exists():
+        raise UsageError(f"{path}: no such database; run the pipeline first or pass --out")
+    db = duckdb.connect(str(path), read_only=True)
+    try:
+        relation = db.sql(args.sql)
+    except duckdb.Error as exc:
+        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from exc
+    if relation is None:
+        return 0
+    relation.show(max_rows=1000, max_width=200)
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from meterline.broker import EmbeddedBroker
+
+    with EmbeddedBroker(args.port) as broker:
+        print(f"bootstrap servers: {broker.bootstrap_servers}", flush=True)
+        stop = False
+
+        def handler(signum: int, frame: object) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        while not stop:
+            time.sleep(0.2)
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "run":
+        return _run(args)
+    if command == "demo":
+        return _demo(args)
+    if command in ("mediation", "rating", "consolidation"):
+        from meterline.workers import run_worker
+
+        run_worker(command, _settings(args))
+        return 0
+    if command == "contracts":
+        from meterline.publish import publish_catalog
+
+        count = publish_catalog(_settings(args), args.file)
+        print(f"published {count} catalog entities from {args.file}")
+        return 0
+    if command == "produce":
+        from meterline.publish import parse_input, produce_inputs
+
+        settings = _settings(args)
+        count = produce_inputs(settings, [parse_input(args.input, args.format)], args.topic)
+        print(f"produced {count} records")
+        return 0
+    if command == "close":
+        from meterline.publish import publish_close
+
+        publish_close(_settings(args), args.period, args.account)
+        print(f"close of {args.period}{' for ' + args.account if args.account else ''} published")
+        return 0
+    if command == "query":
+        return _query(args)
+    if command == "broker":
+        return _broker(args)
+    raise UsageError(f"unknown command {command!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from meterline.publish import InputError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return dispatch(args)
+    except (UsageError, ConfigError, InputError, CatalogError) as exc:
+        print(f"meterline: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("meterline: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line instead of a traceback
+        if os.environ.get("METERLINE_DEBUG"):
+            raise
+        print(f"meterline: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Settings of a meterline process: TOML file, then `METERLINE_*` env vars, then flags.
+
+Any librdkafka property can be passed through under `[kafka]` in the file or as
+`METERLINE_KAFKA_<PROPERTY>` (dots written as underscores), so SASL/SCRAM, mTLS
+and tuning need no code change.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mediation.formats import FORMATS
+
+
+class ConfigError(ValueError):
+    """A configuration file, variable or flag a user got wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawTopic:
+    name: str
+    format: str = "auto"
+    # A raw topic keyed by account_id skips the repartition hop before dedup.
+    keyed_by_account: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    kafka: Mapping[str, str] = field(default_factory=dict)
+    instance_id: str = "0"
+    metrics_port: int = 0  # 0 = no HTTP endpoint
+    log_level: str = "info"
+    partitions: int = 12  # used when meterline creates its topics
+    batch_size: int = 10000
+    batch_timeout_s: float = 0.1
+    raw_topics: tuple[RawTopic, ...] = (RawTopic("meterline.raw"),)
+    max_record_bytes: int = 65536
+    future_tolerance_s: int = 24 * 3600
+    out_dir: str = "meterline-out"
+    auto_close: bool = True
+    close_grace_s: int = 6 * 3600
+    preview_interval_s: float = 5.0
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_SCALARS = {f.name: f for f in fields(Settings) if f.name not in ("kafka", "raw_topics")}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = type(getattr(Settings(), name))
+    try:
+        if kind is bool and isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes")
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {name} must be a {kind.__name__}, got {value!r}") from exc
+
+
+def _raw_topics(items: Any, source: str) -> tuple[RawTopic, ...]:
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{source}: raw_topics must be a non-empty list of tables")
+    topics = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"{source}: raw_topics[{i}] needs a name")
+        fmt = str(item.get("format", "auto"))
+        if fmt not in FORMATS:
+            raise ConfigError(f"{source}: raw_topics[{i}].format must be one of {', '.join(FORMATS)}")
+        topics.append(RawTopic(str(item["name"]), fmt, bool(item.get("keyed_by_account", False))))
+    return tuple(topics)
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < file < environment. Flags are applied by the caller with `with_overrides`."""
+    values: dict[str, Any] = {}
+    kafka: dict[str, str] = {}
+    env = os.environ if env is None else env
+    path = path or env.get("METERLINE_CONFIG")
+    if path:
+        source = str(path)
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{source}: no such config file") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+        for key, value in document.items():
+            if key == "kafka":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: [kafka] must be a table of librdkafka properties")
+                kafka.update({str(k): str(v) for k, v in value.items()})
+            elif key == "raw_topics":
+                values["raw_topics"] = _raw_topics(value, source)
+            elif key in _SCALARS:
+                values[key] = _coerce(key, value, source)
+            else:
+                raise ConfigError(f"{source}: unknown setting {key!r}")
+    for name, value in env.items():
+        if not name.startswith("METERLINE_") or name == "METERLINE_CONFIG":
+            continue
+        key = name[len("METERLINE_") :].lower()
+        if key.startswith("kafka_"):
+            kafka[key[len("kafka_") :].replace("_", ".")] = value
+        elif key in _SCALARS:
+            values[key] = _coerce(key, value, name)
+    return Settings(kafka=kafka, **values)

@@ -1,0 +1,258 @@
+"""`meterline run`: the whole pipeline on the embedded broker, in batch mode.
+
+Publishes the catalog and the inputs, runs each stage in its own process until
+every input record has reached its end (stored, duplicate or rejected), then
+closes the periods (with --close-all), checks the reconciliation and prints the
+summary.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+import orjson
+
+from consolidation.closing import accounts_active_in, finalize_period, reconcile_amounts, refresh_previews
+from consolidation.store import BillingStore
+from meterline.broker import EmbeddedBroker
+from meterline.catalog import Catalog
+from meterline.catalog_file import load_catalog
+from meterline.config import Settings
+from meterline.progress import StatsReader, Totals, drained
+from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
+from meterline.workers import STAGES
+
+
+class PipelineError(RuntimeError):
+    """The pipeline could not finish (a worker died, or the run timed out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    totals: Totals
+    published: int
+    invoices: int
+    reconciled: bool
+    problems: tuple[str, ...]
+
+    def summary(self) -> dict[str, int]:
+        t = self.totals
+        counts = {
+            "events_in": t.events_in,
+            "rated": t.rated,
+            "duplicates": t.duplicates,
+            "rejected": t.rejected_total,
+        }
+        counts.update({f"rejected.{r}": n for r, n in sorted(t.rejected.items()) if n})
+        counts["invoices"] = self.invoices
+        return counts
+
+
+class Workers:
+    """The three stage processes of a run."""
+
+    def __init__(self, settings: Settings, out_dir: Path, config: str | None) -> None:
+        self.settings = settings
+        self.out_dir = out_dir
+        self.config = config
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    def command(self, stage: str) -> list[str]:
+        s = self.settings
+        cmd = [
+            sys.executable,
+            "-m",
+            "meterline",
+            stage,
+            "--bootstrap-servers",
+            s.bootstrap_servers,
+            "--instance-id",
+            s.instance_id,
+        ]
+        if self.config:
+            cmd += ["--config", self.config]
+        if stage == "consolidation":
+            cmd += ["--out", str(self.out_dir), "--no-auto-close"]
+        return cmd
+
+    def start(self, stage: str) -> subprocess.Popen[bytes]:
+        log_dir = self.out_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handle = (log_dir / f"{stage}.log").open("ab")
+        self._logs.append(handle)
+        env = {**os.environ, "METERLINE_PARTITIONS": str(self.settings.partitions)}
+        process = subprocess.Popen(
+            self.command(stage), stdout=handle, stderr=handle, env=env, stdin=subprocess.DEVNULL
+        )
+        self.processes[stage] = process
+        return process
+
+    def check(self) -> None:
+        for stage, process in self.processes.items():
+            if process.poll() is not None:
+                raise PipelineError(
+                    f"the {stage} worker exited with code {process.returncode}; "
+                    f"see {self.out_dir / 'logs' / (stage + '.log')}"
+                )
+
+    def stop(self, timeout: float = 30) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in self.processes.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for handle in self._logs:
+            handle.close()
+
+
+class ProgressLine:
+    """A one-line progress display on terminals; silent in pipes and CI."""
+
+    def __init__(self, total: int, stream: IO[str] = sys.stderr) -> None:
+        self.total = total
+        self.stream = stream
+        self.enabled = stream.isatty() and not os.environ.get("CI")
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def show(self, totals: Totals) -> None:
+        if not self.enabled or time.monotonic() - self._last < 0.5:
+            return
+        self._last = time.monotonic()
+        elapsed = max(time.monotonic() - self.started, 1e-3)
+        done = (
+            totals.consolidation_consumed
+            + totals.duplicates
+            + totals.rejected_total
+            - totals.rejected.get("period_closed", 0)
+        )
+        rate = done / elapsed
+        left = f"{(self.total - done) / rate:.0f}s" if rate > 0 and done < self.total else "-"
+        self.stream.write(
+            f"\rmediation {totals.events_in:,}/{self.total:,}  rating {totals.rating_consumed:,}"
+            f"  consolidation {totals.consolidation_consumed:,}  {rate:,.0f} ev/s  left {left}   "
+        )
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def _month_range(first: str, last: str) -> list[str]:
+    year, month = int(first[:4]), int(first[5:7])
+    periods = []
+    while f"{year:04d}-{month:02d}" <= last:
+        periods.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return periods
+
+
+def run_pipeline(
+    settings: Settings,
+    catalog_path: str,
+    inputs: Sequence[InputFile],
+    out_dir: str,
+    close_all: bool,
+    config: str | None = None,
+    timeout_s: float = 3600,
+) -> RunResult:
+    catalog = load_catalog(catalog_path)  # a bad catalog fails here, before anything starts
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker() as broker:
+        s = settings.with_overrides(bootstrap_servers=broker.bootstrap_servers, instance_id="run")
+        create_topics(s)
+        publish_catalog(s, catalog_path)
+        workers = Workers(s, out, config)
+        try:
+            for stage in STAGES:
+                workers.start(stage)
+            published = produce_inputs(s, list(inputs))
+            totals = _wait_drained(s, workers, published, timeout_s)
+        finally:
+            workers.stop()
+        return _finish(s, catalog, out, totals, published, close_all)
+
+
+def _wait_drained(settings: Settings, workers: Workers, published: int, timeout_s: float) -> Totals:
+    reader = StatsReader(settings.bootstrap_servers, settings.kafka)
+    progress = ProgressLine(published)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            reader.poll(0.2)
+            totals = reader.totals([t.name for t in settings.raw_topics])
+            progress.show(totals)
+            if drained(totals, published):
+                progress.done()
+                return totals
+            workers.check()
+            if time.monotonic() > deadline:
+                raise PipelineError(f"the pipeline did not drain within {timeout_s:.0f}s")
+    finally:
+        reader.close()
+
+
+def _finish(
+    settings: Settings, catalog: Catalog, out: Path, totals: Totals, published: int, close_all: bool
+) -> RunResult:
+    store = BillingStore(out)
+    try:
+        now = datetime.now(UTC)
+        with_usage = store.periods_with_usage()
+        periods = _month_range(with_usage[0], with_usage[-1]) if with_usage else []
+        problems: list[str] = []
+        for period in periods:
+            refresh_previews(store, catalog, [(a, period) for a in accounts_active_in(catalog, period)], now)
+            if close_all:
+                finalize_period(store, catalog, period, now)
+                store.mark_close_done(period, None)
+                publish_close(settings, period)
+            problems += [
+                f"{p}: {a}/{c} rated amounts differ from usage_totals"
+                for a, c, p in reconcile_amounts(store, period)
+            ]
+        if totals.events_in != published:
+            problems.append(f"published {published} records but mediation consumed {totals.events_in}")
+        accounted = totals.rated + totals.duplicates + totals.rejected_total
+        if totals.events_in != accounted:
+            problems.append(
+                f"events in {totals.events_in} != rated {totals.rated} + duplicates "
+                f"{totals.duplicates} + rejected {totals.rejected_total}"
+            )
+        invoices = store.count_drafts("final") + store.count_drafts("open")
+        return RunResult(totals, published, invoices, not problems, tuple(problems))
+    finally:
+        store.close()
+
+
+def print_summary(result: RunResult, out_dir: str, stream: IO[str] = sys.stdout) -> None:
+    t = result.totals
+    stream.write(f"meterline run: {result.published:,} records in, output in {out_dir}\n")
+    stream.write(
+        f"reconciliation: events in {t.events_in} = rated {t.rated} + duplicates {t.duplicates}"
+        f" + rejected {t.rejected_total}: {'ok' if result.reconciled else 'MISMATCH'}\n"
+    )
+    for problem in result.problems:
+        stream.write(f"problem: {problem}\n")
+    for name, value in result.summary().items():
+        stream.write(f"{name}: {value}\n")
+
+
+def write_summary_json(result: RunResult, path: str) -> None:
+    Path(path).write_bytes(orjson.dumps(result.summary(), option=orjson.OPT_INDENT_2))

@@ -1,0 +1,104 @@
+"""Pipeline progress from the `meterline.stats` topic.
+
+Each stage publishes, per input partition, its cumulative outcome counts and the
+input offset they run through. Later records supersede earlier ones (the highest
+`through` wins), so replays and repeated records never double count.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from meterline.kafka_config import consumer_config
+from meterline.topics import STATS
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    events_in: int
+    forwarded: int
+    keyed_consumed: int
+    mediated: int
+    duplicates: int
+    rated: int
+    rating_consumed: int
+    stored: int
+    consolidation_consumed: int
+    rejected: Mapping[str, int]
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+class StatsReader:
+    def __init__(self, bootstrap_servers: str, kafka: Mapping[str, str]) -> None:
+        self._latest: dict[bytes, dict[str, Any]] = {}
+        self._consumer = Consumer(consumer_config(bootstrap_servers, kafka, "meterline-progress"))
+        self._consumer.assign([TopicPartition(STATS, 0, OFFSET_BEGINNING)])
+
+    def poll(self, timeout: float = 0.2) -> None:
+        for message in self._consumer.consume(100000, timeout):
+            if message.error() is not None or message.key() is None:
+                continue
+            record = orjson.loads(message.value())
+            current = self._latest.get(message.key())
+            if current is None or record["through"] >= current["through"]:
+                self._latest[message.key()] = record
+
+    def totals(self, raw_topics: list[str]) -> Totals:
+        by: dict[str, Counter[str]] = {
+            "raw": Counter(),
+            "keyed": Counter(),
+            "rating": Counter(),
+            "consolidation": Counter(),
+        }
+        for record in self._latest.values():
+            stage, topic = record["stage"], record["topic"]
+            part = (
+                "raw"
+                if stage == "mediation" and topic in raw_topics
+                else ("keyed" if stage == "mediation" else stage)
+            )
+            by.setdefault(part, Counter()).update(record["counts"])
+        rejected: Counter[str] = Counter()
+        for counts in by.values():
+            for name, value in counts.items():
+                if name.startswith("rejected."):
+                    rejected[name.removeprefix("rejected.")] += value
+
+        def consumed(c: Counter[str], *outcomes: str) -> int:
+            return sum(c[o] for o in outcomes) + sum(v for k, v in c.items() if k.startswith("rejected."))
+
+        keyed, rating, cons = by["keyed"], by["rating"], by["consolidation"]
+        return Totals(
+            events_in=by["raw"]["events_in"],
+            forwarded=by["raw"]["forwarded"],
+            keyed_consumed=consumed(keyed, "duplicates", "mediated"),
+            mediated=keyed["mediated"],
+            duplicates=keyed["duplicates"],
+            rated=rating["rated"],
+            rating_consumed=consumed(rating, "rated"),
+            stored=cons["stored"],
+            consolidation_consumed=consumed(cons, "stored"),
+            rejected=dict(rejected),
+        )
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def drained(totals: Totals, published: int) -> bool:
+    """Every published record has reached its end: rejected, duplicate, or stored."""
+    return (
+        totals.events_in >= published
+        and totals.keyed_consumed >= totals.forwarded
+        and totals.rating_consumed >= totals.mediated
+        and totals.consolidation_consumed >= totals.rated
+    )

@@ -1,0 +1,72 @@
+"""Long-running stage workers: wire a stage's transform to the shared runtime."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import structlog
+from confluent_kafka.admin import AdminClient
+
+from consolidation.stage import Consolidator
+from consolidation.store import BillingStore
+from mediation.stage import MediationProcessor
+from meterline.config import Settings
+from meterline.kafka_config import client_config
+from meterline.logs import configure_logging, redact_config
+from meterline.metrics import serve_metrics
+from meterline.publish import create_topics
+from meterline.runtime import StageRunner
+from meterline.tables import CompactedTable, ContractsTable, PeriodsTable
+from meterline.topics import CONTRACTS, MEDIATED, PERIODS, REPARTITION
+from rating.stage import RatingProcessor
+
+STAGES = ("mediation", "rating", "consolidation")
+
+
+def _tables(settings: Settings, stage: str) -> tuple[ContractsTable, PeriodsTable]:
+    name = f"{stage}-{settings.instance_id}"
+    contracts = ContractsTable(
+        CompactedTable(CONTRACTS, settings.bootstrap_servers, settings.kafka, f"c-{name}")
+    )
+    periods = PeriodsTable(CompactedTable(PERIODS, settings.bootstrap_servers, settings.kafka, f"p-{name}"))
+    contracts.load()
+    periods.load()
+    return contracts, periods
+
+
+def run_worker(stage: str, settings: Settings) -> None:
+    configure_logging(settings.log_level, stage)
+    log = structlog.get_logger()
+    log.info("worker_config", kafka=redact_config(dict(settings.kafka)), bootstrap=settings.bootstrap_servers)
+    serve_metrics(settings.metrics_port)
+    create_topics(settings)
+    contracts, periods = _tables(settings, stage)
+    if stage == "consolidation":
+        store = BillingStore(settings.out_dir)
+        consolidator = Consolidator(settings, contracts, periods, store)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            consolidator.request_stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            consolidator.run()
+        finally:
+            store.close()
+        return
+    if stage == "mediation":
+        admin = AdminClient(client_config(settings.bootstrap_servers, settings.kafka))
+        partitions = len(admin.list_topics(REPARTITION, timeout=10).topics[REPARTITION].partitions)
+        processor: MediationProcessor | RatingProcessor = MediationProcessor(
+            settings, contracts, periods, partitions
+        )
+        inputs = [t.name for t in settings.raw_topics]
+        if any(not t.keyed_by_account for t in settings.raw_topics):
+            inputs.append(REPARTITION)
+        runner = StageRunner(processor, settings, inputs)
+    else:
+        runner = StageRunner(RatingProcessor(contracts, periods), settings, [MEDIATED])
+    runner.install_signal_handlers()
+    runner.run()

@@ -1,0 +1,195 @@
+"""The incremental rater: `step(state, record) -> outputs`, state mutated in place.
+
+For each account, contract, charge and period the rater keeps the running
+aggregate A of the meter. Rating an event moves A from `before` to `after` and
+emits `price(after) - price(before)`, exact, so the rated amounts of a key always
+sum to the price of its current aggregate, in any arrival order (DESIGN.md §6).
+
+No Kafka, no clock, no globals: the caller owns the `RatingState`, writes a
+changelog entry for every key in `RatedBatch.changed` (and every value in
+`new_unique_values`), and can roll a batch back with `RatingState.undo` when its
+transaction aborts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from meterline.catalog import Catalog, Meter, Plan, zone
+from meterline.reasons import MISSING_FIELD, NO_MATCHING_CHARGE, UNKNOWN_ACCOUNT, UNKNOWN_METER, Rejected
+from meterline.records import RatedUsage, UsageEvent, invoice_id_for
+from rating.charges import select_charge
+from rating.pricing import ZERO, add_quantity, round_event_quantity, schedule_for
+
+# (account_id, contract_id, charge_id, period)
+AggregateKey = tuple[str, str, str, str]
+
+ONE = Decimal(1)
+
+
+@dataclass(slots=True)
+class RatingState:
+    """Running aggregates of one partition (or of anything the caller chooses).
+
+    `aggregates[key]` is A for sum, count and max meters, and the number of
+    distinct values for unique_count meters, whose values are in `unique_values`.
+    """
+
+    aggregates: dict[AggregateKey, Decimal] = field(default_factory=dict)
+    unique_values: dict[AggregateKey, set[str]] = field(default_factory=dict)
+
+    def undo(self, batch: RatedBatch) -> None:
+        """Put the state back as it was before `batch` was rated (after an aborted transaction)."""
+        for key, previous in batch.previous.items():
+            if previous is None:
+                self.aggregates.pop(key, None)
+            else:
+                self.aggregates[key] = previous
+        for key, value in batch.new_unique_values:
+            values = self.unique_values.get(key)
+            if values is not None:
+                values.discard(value)
+                if not values:
+                    del self.unique_values[key]
+
+
+@dataclass(frozen=True, slots=True)
+class RatedBatch:
+    """What rating a batch produced, and what it changed in the state."""
+
+    rated: list[RatedUsage]
+    # (index of the event in the batch, why it was rejected); the state ignored it.
+    rejected: list[tuple[int, Rejected]]
+    # Keys whose aggregate was created or changed: the changelog entries to write.
+    changed: set[AggregateKey]
+    # unique_count values first seen in this batch, in order.
+    new_unique_values: list[tuple[AggregateKey, str]]
+    # Aggregate of every changed key before the batch (None: the key was new), for undo.
+    previous: dict[AggregateKey, Decimal | None]
+
+
+def rate(state: RatingState, event: UsageEvent, catalog: Catalog) -> RatedUsage:
+    """Rate one enriched event; raises `Rejected` (state unchanged) when it cannot be rated."""
+    return _Rater(state, catalog).rate(event)
+
+
+def rate_batch(state: RatingState, events: Iterable[UsageEvent], catalog: Catalog) -> RatedBatch:
+    """Rate events in order; a rejected event leaves the state as it was and the batch goes on."""
+    rater = _Rater(state, catalog)
+    rated: list[RatedUsage] = []
+    rejected: list[tuple[int, Rejected]] = []
+    for index, event in enumerate(events):
+        try:
+            rated.append(rater.rate(event))
+        except Rejected as rejection:
+            rejected.append((index, rejection))
+    return RatedBatch(
+        rated=rated,
+        rejected=rejected,
+        changed=set(rater.previous),
+        new_unique_values=rater.new_unique_values,
+        previous=rater.previous,
+    )
+
+
+class _Rater:
+    """Rates events against one state and catalog, caching lookups for the batch."""
+
+    __slots__ = ("catalog", "invoice_ids", "new_unique_values", "previous", "state", "zones")
+
+    def __init__(self, state: RatingState, catalog: Catalog) -> None:
+        self.state = state
+        self.catalog = catalog
+        self.zones: dict[str, ZoneInfo] = {}
+        self.invoice_ids: dict[tuple[str, str], str] = {}
+        self.previous: dict[AggregateKey, Decimal | None] = {}
+        self.new_unique_values: list[tuple[AggregateKey, str]] = []
+
+    def rate(self, event: UsageEvent) -> RatedUsage:
+        meter = self._meter(event)
+        plan = self._plan(event)
+        local_time = event.event_time.astimezone(self._zone(event))
+        charge = select_charge(plan, event, local_time)
+        if charge is None:
+            raise Rejected(
+                NO_MATCHING_CHARGE,
+                f"no charge of plan {plan.id!r} for meter {meter.code!r} matches event {event.event_id!r}",
+            )
+        key: AggregateKey = (event.account_id, event.contract_id, charge.id, event.period)
+        state = self.state
+        stored = state.aggregates.get(key)
+        before = ZERO if stored is None else stored
+
+        # Work out the new aggregate before touching the state, so a failure leaves it intact.
+        new_value: str | None = None
+        aggregation = meter.aggregation
+        if aggregation == "sum":
+            quantity = round_event_quantity(charge.rounding, event.quantity)
+            after = add_quantity(before, quantity)
+        elif aggregation == "count":
+            quantity = ONE
+            after = add_quantity(before, ONE)
+        elif aggregation == "max":
+            quantity = round_event_quantity(charge.rounding, event.quantity)
+            after = max(before, quantity)
+        else:  # unique_count
+            if event.value is None:
+                raise Rejected(MISSING_FIELD, f"meter {meter.code!r} counts {meter.value_property!r}")
+            quantity = ONE
+            seen = state.unique_values.get(key)
+            if seen is None or event.value not in seen:
+                new_value = event.value
+                after = add_quantity(before, ONE)
+            else:
+                after = before
+
+        amount = schedule_for(charge).delta(before, after)
+
+        if stored is None or after != before:
+            self.previous.setdefault(key, stored)
+            state.aggregates[key] = after
+        if new_value is not None:
+            state.unique_values.setdefault(key, set()).add(new_value)
+            self.new_unique_values.append((key, new_value))
+
+        return RatedUsage(
+            event=event,
+            charge_id=charge.id,
+            model=charge.model,
+            quantity=quantity,
+            amount=amount,
+            aggregate_before=before,
+            aggregate_after=after,
+            invoice_id=self._invoice_id(event.account_id, event.period),
+        )
+
+    def _meter(self, event: UsageEvent) -> Meter:
+        meter = self.catalog.meters.get(event.meter)
+        if meter is None:
+            raise Rejected(UNKNOWN_METER, f"meter {event.meter!r} is not in the catalog")
+        return meter
+
+    def _plan(self, event: UsageEvent) -> Plan:
+        plan = self.catalog.plans.get(event.plan_id)
+        if plan is None:
+            # Enriched under a plan the current catalog no longer has: nothing can rate it.
+            raise Rejected(NO_MATCHING_CHARGE, f"plan {event.plan_id!r} is not in the catalog")
+        return plan
+
+    def _zone(self, event: UsageEvent) -> ZoneInfo:
+        found = self.zones.get(event.account_id)
+        if found is None:
+            account = self.catalog.accounts.get(event.account_id)
+            if account is None:
+                raise Rejected(UNKNOWN_ACCOUNT, f"account {event.account_id!r} is not in the catalog")
+            found = self.zones[event.account_id] = zone(account.timezone)
+        return found
+
+    def _invoice_id(self, account_id: str, period: str) -> str:
+        found = self.invoice_ids.get((account_id, period))
+        if found is None:
+            found = self.invoice_ids[(account_id, period)] = invoice_id_for(account_id, period)
+        return found
