@@ -50,6 +50,19 @@ RATED_SCHEMA = pa.schema(
     ]
 )
 
+TOTALS_SCHEMA = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("period", pa.string()),
+        ("charge_id", pa.string()),
+        ("meter", pa.string()),
+        ("contract_id", pa.string()),
+        ("aggregate", EXACT),
+        ("amount_exact", EXACT),
+        ("event_count", pa.int64()),
+    ]
+)
+
 DRAFT_SCHEMA = pa.schema(
     [
         ("invoice_id", pa.string()),

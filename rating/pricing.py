@@ -135,12 +135,6 @@ class PriceSchedule:
                 exact = _EXACT.add(_EXACT.multiply(billable, tier.unit_price), tier.flat_fee)
         return _ROUND.quantize(exact, PRICE_EXPONENT)
 
-    def delta(self, before: Decimal, after: Decimal) -> Decimal:
-        """The rated amount of moving the aggregate from `before` to `after`, exact."""
-        if before == after:
-            return _ZERO_PRICE
-        return _EXACT.subtract(self.price(after), self.price(before))
-
 
 def _required(charge: Charge, name: str, value: Decimal | None) -> Decimal:
     if value is None:
@@ -182,6 +176,11 @@ def price(charge: Charge, aggregate: Decimal) -> Decimal:
 def add_quantity(aggregate: Decimal, quantity: Decimal) -> Decimal:
     """aggregate + quantity, exactly (the default 28-digit context would round)."""
     return _EXACT.add(aggregate, quantity)
+
+
+def price_difference(after: Decimal, before: Decimal) -> Decimal:
+    """A rated amount, price(after) - price(before), exactly (prices can exceed 28 digits)."""
+    return _EXACT.subtract(after, before)
 
 
 def round_event_quantity(rounding: EventRounding | None, quantity: Decimal) -> Decimal:

@@ -22,7 +22,7 @@ from meterline.catalog import Catalog, Meter, Plan, zone
 from meterline.reasons import MISSING_FIELD, NO_MATCHING_CHARGE, UNKNOWN_ACCOUNT, UNKNOWN_METER, Rejected
 from meterline.records import RatedUsage, UsageEvent, invoice_id_for
 from rating.charges import select_charge
-from rating.pricing import ZERO, add_quantity, round_event_quantity, schedule_for
+from rating.pricing import ZERO, add_quantity, price_difference, round_event_quantity, schedule_for
 
 # (account_id, contract_id, charge_id, period)
 AggregateKey = tuple[str, str, str, str]
@@ -72,7 +72,12 @@ class RatedBatch:
 
 
 def rate(state: RatingState, event: UsageEvent, catalog: Catalog) -> RatedUsage:
-    """Rate one enriched event; raises `Rejected` (state unchanged) when it cannot be rated."""
+    """Rate one enriched event; raises `Rejected` (state unchanged) when it cannot be rated.
+
+    The record's `quantity` is what the event adds to the measure: its rounded
+    quantity for sum and max meters, 1 (one event, one value seen) for count and
+    unique_count meters.
+    """
     return _Rater(state, catalog).rate(event)
 
 
@@ -98,7 +103,7 @@ def rate_batch(state: RatingState, events: Iterable[UsageEvent], catalog: Catalo
 class _Rater:
     """Rates events against one state and catalog, caching lookups for the batch."""
 
-    __slots__ = ("catalog", "invoice_ids", "new_unique_values", "previous", "state", "zones")
+    __slots__ = ("catalog", "invoice_ids", "new_unique_values", "previous", "prices", "state", "zones")
 
     def __init__(self, state: RatingState, catalog: Catalog) -> None:
         self.state = state
@@ -107,6 +112,8 @@ class _Rater:
         self.invoice_ids: dict[tuple[str, str], str] = {}
         self.previous: dict[AggregateKey, Decimal | None] = {}
         self.new_unique_values: list[tuple[AggregateKey, str]] = []
+        # Last (aggregate, price) seen per key in this batch; the catalog cannot change mid-batch.
+        self.prices: dict[AggregateKey, tuple[Decimal, Decimal]] = {}
 
     def rate(self, event: UsageEvent) -> RatedUsage:
         meter = self._meter(event)
@@ -146,7 +153,13 @@ class _Rater:
             else:
                 after = before
 
-        amount = schedule_for(charge).delta(before, after)
+        # A key's price before this event is usually the one computed for its previous event.
+        schedule = schedule_for(charge)
+        known = self.prices.get(key)
+        price_before = known[1] if known is not None and known[0] == before else schedule.price(before)
+        price_after = price_before if after == before else schedule.price(after)
+        amount = price_difference(price_after, price_before)
+        self.prices[key] = (after, price_after)
 
         if stored is None or after != before:
             self.previous.setdefault(key, stored)

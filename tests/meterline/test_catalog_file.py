@@ -355,21 +355,31 @@ def test_json_nan_is_not_a_number(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "where", "problem"),
     [
-        (lambda d: d["plans"][0]["charges"][0].update(model="tiered"), "plans[0].charges[0].model", "must be one of"),
+        (
+            lambda d: d["plans"][0]["charges"][0].update(model="tiered"),
+            "plans[0].charges[0].model",
+            "must be one of",
+        ),
         (lambda d: d["plans"][0].update(currency="eur"), "plans[0].currency", "must be an ISO 4217 code"),
         (lambda d: d["plans"][0].update(rounding="up"), "plans[0].rounding", "must be half_even or half_up"),
         (lambda d: d["meters"][0].update(aggregation="avg"), "meters[0].aggregation", "must be one of"),
         (lambda d: d["accounts"][0].update(net_terms_days="30.5"), "accounts[0].net_terms_days", "must be a"),
         (lambda d: d.pop("accounts"), "accounts", "required field is missing"),
         (lambda d: d.update(extra=[]), "extra", "unknown field"),
-        (lambda d: d["meters"][0].update(code="api calls"), "meters[0].code", "must be a non-empty identifier"),
+        (
+            lambda d: d["meters"][0].update(code="api calls"),
+            "meters[0].code",
+            "must be a non-empty identifier",
+        ),
         (
             lambda d: d["plans"][0]["charges"][0].update(rounding={"increment": "0"}),
             "plans[0].charges[0].rounding.increment",
             "must be greater than 0",
         ),
         (
-            lambda d: d["plans"][0]["charges"][0].update(filters={"local_time": {"from": "08:00", "to": "08:00"}}),
+            lambda d: d["plans"][0]["charges"][0].update(
+                filters={"local_time": {"from": "08:00", "to": "08:00"}}
+            ),
             "plans[0].charges[0].filters.local_time.to",
             "must differ from 'from'",
         ),
@@ -389,7 +399,9 @@ def test_json_nan_is_not_a_number(tmp_path: Path) -> None:
             "duplicate contract id 'c'",
         ),
         (
-            lambda d: d["meters"].append({"code": "users", "unit": "u", "aggregation": "count", "source_unit": "s"}),
+            lambda d: d["meters"].append(
+                {"code": "users", "unit": "u", "aggregation": "count", "source_unit": "s"}
+            ),
             "meters[1].source_unit",
             "count meters do not read quantities",
         ),
