@@ -230,7 +230,7 @@ class Consolidator:
         """Finalize every close published to meterline.periods that is not done yet."""
         catalog = self.contracts.catalog
         self._refresh_previews()
-        closes = sorted((p, None) for p in self.periods.closed_all)
+        closes: list[tuple[str, str | None]] = [(p, None) for p in sorted(self.periods.closed_all)]
         closes += sorted(self.periods.closed_accounts)
         for period, account in closes:
             if self.store.close_done(period, account):

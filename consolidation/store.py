@@ -320,12 +320,12 @@ class BillingStore:
         folder = self.out / "invoices" / f"period={period}"
         drafts = self.db.execute(
             "SELECT * FROM invoice_drafts WHERE period = ? AND status = 'final' ORDER BY account_id", [period]
-        ).arrow()
+        ).to_arrow_table()
         lines = self.db.execute(
             "SELECT l.* FROM invoice_lines l JOIN invoice_drafts d USING (invoice_id) "
             "WHERE d.period = ? AND d.status = 'final' ORDER BY l.account_id, l.line_no",
             [period],
-        ).arrow()
+        ).to_arrow_table()
         write_parquet_atomically(_as_table(drafts).cast(DRAFT_SCHEMA), folder / "invoice_drafts.parquet")
         write_parquet_atomically(_as_table(lines).cast(LINE_SCHEMA), folder / "invoice_lines.parquet")
 

@@ -394,8 +394,9 @@ def _contracts(
 
 _GOOD, _DUPLICATE, _BAD = 0, 1, 2
 _RING: Final = 8192  # duplicates re-send one of the last _RING good events
-_PICK_TABLE: Final = 1 << 16
-_QUANTITIES: Final = 256
+_PICK_TABLE: Final = 1 << 16  # at least; always a power of two
+_QUANTITIES: Final = 256  # size of every quantity pool (indexed by 8 random bits)
+_MAX_ATTRIBUTES: Final = 256  # attribute pools are powers of two up to this (8 random bits)
 _METER_WEIGHTS: Final = {"api_calls": 5.0, "voice": 6.0, "storage": 2.0, "active_users": 3.0, "sms": 2.0}
 # Values for attributes a filter lists, when an event must match none of them.
 _OTHER_VALUES: Final = {"region": ("us-east", "us-west", "ap-south")}
@@ -409,8 +410,8 @@ class _Template:
     meter: str
     start: int  # epoch seconds, inclusive: when the contract is in effect in the month
     span: int
-    quantities: Sequence[str]  # `,"quantity":…` fragments (empty when omitted)
-    attributes: Sequence[str]  # `,"attributes":{…}` fragments (empty when none)
+    quantities: Sequence[str]  # _QUANTITIES `,"quantity":…` fragments (empty when omitted)
+    attributes: Sequence[str]  # `,"attributes":{…}` fragments (empty when none), a power of two of them
     has_quantity: bool
 
 
@@ -459,14 +460,17 @@ def generate_events(
     templates, weights = _templates(catalog, month, rng)
     if not templates:
         raise ValueError(f"no account has a contract in effect in {month}")
-    table = rng.choices(templates, weights, k=max(_PICK_TABLE, 4 * len(templates)))
+    size = _PICK_TABLE
+    while size < 4 * len(templates):
+        size *= 2
+    table = rng.choices(templates, weights, k=size)
     kinds = bytearray(events)  # all _GOOD
     special = rng.sample(range(events), duplicates + bad)
     for position in special[:bad]:
         kinds[position] = _BAD
     for position in special[bad:]:
         kinds[position] = _DUPLICATE
-    return _stream(catalog, month, rng, table, kinds, f"ev{seed & 0xFFFFFFFF:08x}-")
+    return _stream(catalog, month, rng, table, kinds, f"ev{seed & 0xFFFFFFFF:x}-")
 
 
 def _stream(
@@ -485,37 +489,41 @@ def _stream(
     clock = [f"{h:02d}:{m:02d}:{s:02d}Z" for h in range(24) for m in range(60) for s in range(60)]
     bad_maker = _BadRecords(catalog, table, rng)
 
-    rand = rng.random
-    table_size = len(table)
+    # Hot loop: one 64-bit draw picks the template (low bits), the instant (32 bits
+    # scaled to the contract's span), the quantity (8 bits) and the attributes (8 bits).
+    draw = rng.getrandbits
+    table_mask = len(table) - 1
+    ring_mask = _RING - 1
     ring: list[bytes] = [b""] * _RING
     good = 0  # good events emitted so far (the ring holds the latest of them)
     owed = 0  # duplicates postponed because no good event had been sent yet
     serial = 0
     bad_count = 0
     for kind in kinds:
-        if kind == _DUPLICATE or (owed and good and kind == _GOOD):
-            if good:
-                if kind == _GOOD:
-                    owed -= 1
-                yield ring[int(rand() * min(good, _RING))]
-                continue
-            owed += 1  # nothing to re-send yet: send a good event now, the duplicate later
-        template = table[int(rand() * table_size)]
-        instant = template.start + int(rand() * template.span)
-        day, second = divmod(instant - base, 86400)
+        if kind or owed:
+            if kind == _DUPLICATE or (owed and good and kind == _GOOD):
+                if good:
+                    if kind == _GOOD:
+                        owed -= 1
+                    yield ring[draw(32) % min(good, _RING)]
+                    continue
+                owed += 1  # nothing to re-send yet: send a good event now, the duplicate later
+        bits = draw(64)
+        template = table[bits & table_mask]
+        day, second = divmod(
+            template.start + (((bits >> 16) & 0xFFFFFFFF) * template.span >> 32) - base, 86400
+        )
+        attributes = template.attributes
         serial += 1
-        quantities, attributes = template.quantities, template.attributes
         line = (
-            f'{{"event_id":"{id_prefix}{serial:08d}",{template.head}'
-            f"{quantities[int(rand() * len(quantities))]}"
-            f',"timestamp":"{days[day]}{clock[second]}"'
-            f"{attributes[int(rand() * len(attributes))]}}}"
+            f'{{"event_id":"{id_prefix}{serial}",{template.head}{template.quantities[(bits >> 48) & 255]}'
+            f',"timestamp":"{days[day]}{clock[second]}"{attributes[(bits >> 56) & (len(attributes) - 1)]}}}'
         ).encode()
         if kind == _BAD:
             yield bad_maker.spoil(line, BAD_REASONS[bad_count % len(BAD_REASONS)], bad_count)
             bad_count += 1
             continue
-        ring[good % _RING] = line
+        ring[good & ring_mask] = line
         good += 1
         yield line
 
@@ -619,7 +627,7 @@ class _QuantityPools:
             f',"quantity":{n}' if i % 2 else f',"quantity":"{n}"'
             for i, n in enumerate(min(int(rng.expovariate(1 / 40)) + 1, 2000) for _ in range(_QUANTITIES))
         ]
-        self.none = [""] * 7 + [',"quantity":1']  # count meters: quantity optional
+        self.none = ([""] * 7 + [',"quantity":1']) * (_QUANTITIES // 8)  # count meters: quantity optional
 
     def for_meter(self, meter: Meter) -> Sequence[str]:
         if meter.aggregation in ("count", "unique_count"):
@@ -645,7 +653,7 @@ def _attribute_fragments(
     prefixes = sorted({prefix for other in siblings for prefix in other.filters.destination_prefixes})
     fragments: list[str] = []
     # For unique_count meters every user of the account appears, so seat counts reach its size.
-    for number in range(max(32, len(users))):
+    for number in range(max(32, min(len(users), _MAX_ATTRIBUTES))):
         attributes: dict[str, str] = {}
         for key in keys:
             wanted = charge.filters.attributes.get(key)

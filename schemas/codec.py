@@ -54,9 +54,11 @@ def _decode(schema_id: int, file: str, data: bytes) -> dict[str, Any]:
     if magic != 0 or found != schema_id:
         raise SchemaError(f"expected schema id {schema_id}, found magic {magic} id {found}")
     try:
-        record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(data[5:]), _schema(file), None)
+        record: Any = fastavro.schemaless_reader(io.BytesIO(data[5:]), _schema(file), None)
     except Exception as exc:  # fastavro raises assorted types on corrupt bodies
         raise SchemaError(f"corrupt Avro body: {exc}") from exc
+    if not isinstance(record, dict):
+        raise SchemaError("Avro body is not a record")
     return record
 
 
