@@ -318,13 +318,14 @@ class BillingStore:
     def export_final_invoices(self, period: str) -> None:
         """Rewrite invoices/period=P/*.parquet from the final drafts of the period."""
         folder = self.out / "invoices" / f"period={period}"
-        drafts = self.db.execute(
-            "SELECT * FROM invoice_drafts WHERE period = ? AND status = 'final' ORDER BY account_id", [period]
+        drafts = self.db.sql(
+            "SELECT * FROM invoice_drafts WHERE period = $period AND status = 'final' ORDER BY account_id",
+            params={"period": period},
         ).to_arrow_table()
-        lines = self.db.execute(
+        lines = self.db.sql(
             "SELECT l.* FROM invoice_lines l JOIN invoice_drafts d USING (invoice_id) "
-            "WHERE d.period = ? AND d.status = 'final' ORDER BY l.account_id, l.line_no",
-            [period],
+            "WHERE d.period = $period AND d.status = 'final' ORDER BY l.account_id, l.line_no",
+            params={"period": period},
         ).to_arrow_table()
         write_parquet_atomically(_as_table(drafts).cast(DRAFT_SCHEMA), folder / "invoice_drafts.parquet")
         write_parquet_atomically(_as_table(lines).cast(LINE_SCHEMA), folder / "invoice_lines.parquet")

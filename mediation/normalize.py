@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, ROUND_FLOOR, Context, Decimal
 from typing import Final, Literal
 
@@ -60,13 +60,12 @@ _INT_RANGE: Final = range(-(2**63), 2**64)
 
 # ASCII only: Python's \d also matches other scripts' digits.
 _DECIMAL_TEXT: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# RFC 3339 shape (offset optional here only to say so when it is missing); the
+# values are then read by datetime.fromisoformat, which is C-fast.
 _ISO_TIME: Final = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:[.,]([0-9]+))?"
-    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))?"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.,][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})?"
 )
-_CDR_TIME: Final = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
-)
+_CDR_TIME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?")
 
 
 class IntLiteral(Decimal):
@@ -85,7 +84,7 @@ class FieldNames:
     timestamp: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per record, and frozen __init__ is several times slower
 class RawUsage:
     """A record's fields as found by a format reader, not yet validated.
 
@@ -319,41 +318,24 @@ def _iso_time(text: str, name: str) -> datetime:
     match = _ISO_TIME.fullmatch(text)
     if match is None:
         raise Rejected(INVALID_TIMESTAMP, f"{name} is not an ISO-8601 timestamp: {_short(text)}")
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_hours, off_minutes = match.groups()
-    if zulu is None and sign is None:
+    if match.group(1) is None:
         raise Rejected(INVALID_TIMESTAMP, f"{name} has no UTC offset: {_short(text)}")
     try:
-        if zulu is not None:
-            zone = UTC
-        else:
-            offset = timedelta(hours=int(off_hours), minutes=int(off_minutes))
-            zone = timezone(-offset if sign == "-" else offset)
-        local = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second),
-            _microseconds(fraction), tzinfo=zone,
-        )
-        return local if zone is UTC else local.astimezone(UTC)
-    except (ValueError, OverflowError):  # out-of-range field or offset, or an instant past year 1..9999
+        # upper(): RFC 3339 allows a lowercase t and z, fromisoformat does not. Fractions
+        # past microseconds are truncated, so an instant never moves into the next second.
+        instant = datetime.fromisoformat(text.upper())
+        return instant if instant.tzinfo is UTC else instant.astimezone(UTC)
+    except (ValueError, OverflowError):  # a field or offset out of range, or an instant outside years 1..9999
         raise Rejected(INVALID_TIMESTAMP, f"{name} is not a valid instant: {_short(text)}") from None
 
 
 def _cdr_time(text: str, name: str) -> datetime:
-    match = _CDR_TIME.fullmatch(text)
-    if match is None:
+    if _CDR_TIME.fullmatch(text) is None:
         raise Rejected(INVALID_TIMESTAMP, f"{name} is not a `YYYY-MM-DD HH:MM:SS` time: {_short(text)}")
-    year, month, day, hour, minute, second, fraction = match.groups()
     try:
-        return datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second),
-            _microseconds(fraction), tzinfo=UTC,
-        )
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
     except ValueError:
         raise Rejected(INVALID_TIMESTAMP, f"{name} is not a valid time: {_short(text)}") from None
-
-
-def _microseconds(fraction: str | None) -> int:
-    # Sub-microsecond digits are truncated, so an instant never moves into the next second.
-    return int(fraction[:6].ljust(6, "0")) if fraction else 0
 
 
 def _epoch_time(value: int | float | Decimal, name: str) -> datetime:

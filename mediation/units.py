@@ -8,7 +8,7 @@ catalog loader reports through `is_convertible` before a catalog goes live.
 
 from __future__ import annotations
 
-from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import Final
 
 PLACES: Final = 18
@@ -52,8 +52,11 @@ _RATIOS: Final[dict[tuple[str, str], tuple[int, int]]] = {
 _LARGEST_ADJUSTED: Final = 60
 _NEGLIGIBLE_ADJUSTED: Final = -40
 
-# Wide enough that quantizing any quantity below 10^61 to 18 places is exact.
-_CONTEXT: Final = Context(prec=100, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX)
+# 100 digits: quantize() is exact below 10^82 and traps above; convert()'s quotients
+# (below 10^61 * 2^50 * 10^18) always fit.
+_CONTEXT: Final = Context(
+    prec=100, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX, traps=[InvalidOperation]
+)
 _STEP: Final = Decimal(1).scaleb(-PLACES)
 _SCALE: Final = 10**PLACES
 
@@ -73,11 +76,14 @@ def is_convertible(source_unit: str, unit: str) -> bool:
 
 
 def quantize(quantity: Decimal) -> Decimal:
-    """Round half-even to 18 places; zero comes out unsigned."""
-    _check_range(quantity)
-    if quantity.adjusted() < _NEGLIGIBLE_ADJUSTED:
-        return ZERO
-    result = quantity.quantize(_STEP, context=_CONTEXT)
+    """Round half-even to 18 places; zero comes out unsigned.
+
+    Raises `ValueError` for a quantity that is not finite or not below 10^82.
+    """
+    try:
+        result = _CONTEXT.quantize(quantity, _STEP)
+    except InvalidOperation:  # the context traps it: infinite, NaN, or more digits than it holds
+        raise ValueError(f"quantity {quantity} is not finite or out of range") from None
     return result if result else ZERO
 
 

@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from meterline.catalog_file import CatalogError
 from meterline.config import ConfigError, Settings, load_settings
+from meterline.logs import configure_logging
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -286,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
+        if args.command not in ("mediation", "rating", "consolidation"):
+            # Commands that print results keep stdout for them; logs go to stderr, warnings only.
+            configure_logging("warning")
         return dispatch(args)
     except (UsageError, ConfigError, InputError, CatalogError) as exc:
         print(f"meterline: error: {exc}", file=sys.stderr)

@@ -26,7 +26,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cache
 from typing import Any, Final
+
+import orjson
 
 from meterline import reasons
 from meterline.catalog import Catalog, Charge, Meter, Plan, period_bounds, zone
@@ -464,12 +467,13 @@ def generate_events(
     while size < 4 * len(templates):
         size *= 2
     table = rng.choices(templates, weights, k=size)
-    kinds = bytearray(events)  # all _GOOD
-    special = rng.sample(range(events), duplicates + bad)
-    for position in special[:bad]:
-        kinds[position] = _BAD
-    for position in special[bad:]:
-        kinds[position] = _DUPLICATE
+    kinds = bytearray(events)  # all _GOOD; then distinct random positions for the others
+    for kind, count in ((_BAD, bad), (_DUPLICATE, duplicates)):
+        while count:
+            position = int(rng.random() * events)
+            if not kinds[position]:
+                kinds[position] = kind
+                count -= 1
     return _stream(catalog, month, rng, table, kinds, f"ev{seed & 0xFFFFFFFF:x}-")
 
 
@@ -477,7 +481,7 @@ def _stream(
     catalog: Catalog,
     month: str,
     rng: random.Random,
-    table: list[_Template],
+    templates: list[_Template],
     kinds: bytearray,
     id_prefix: str,
 ) -> Iterator[bytes]:
@@ -486,12 +490,14 @@ def _stream(
     base_day = first - timedelta(days=2)
     base = int(datetime(base_day.year, base_day.month, base_day.day, tzinfo=UTC).timestamp())
     days = [f"{base_day + timedelta(days=offset):%Y-%m-%d}T" for offset in range(36)]
-    clock = [f"{h:02d}:{m:02d}:{s:02d}Z" for h in range(24) for m in range(60) for s in range(60)]
-    bad_maker = _BadRecords(catalog, table, rng)
+    clock = _clock_table()
+    bad_maker = _BadRecords(catalog, templates, rng)
 
     # Hot loop: one 64-bit draw picks the template (low bits), the instant (32 bits
     # scaled to the contract's span), the quantity (8 bits) and the attributes (8 bits).
     draw = rng.getrandbits
+    # Plain tuples: unpacking one is cheaper than reading dataclass attributes.
+    table = [(t.head, t.start, t.span, t.quantities, t.attributes, len(t.attributes) - 1) for t in templates]
     table_mask = len(table) - 1
     ring_mask = _RING - 1
     ring: list[bytes] = [b""] * _RING
@@ -500,24 +506,20 @@ def _stream(
     serial = 0
     bad_count = 0
     for kind in kinds:
-        if kind or owed:
-            if kind == _DUPLICATE or (owed and good and kind == _GOOD):
-                if good:
-                    if kind == _GOOD:
-                        owed -= 1
-                    yield ring[draw(32) % min(good, _RING)]
-                    continue
-                owed += 1  # nothing to re-send yet: send a good event now, the duplicate later
+        if kind == _DUPLICATE or (owed and good and kind == _GOOD):
+            if good:
+                if kind == _GOOD:
+                    owed -= 1
+                yield ring[draw(32) % min(good, _RING)]
+                continue
+            owed += 1  # nothing to re-send yet: send a good event now, the duplicate later
         bits = draw(64)
-        template = table[bits & table_mask]
-        day, second = divmod(
-            template.start + (((bits >> 16) & 0xFFFFFFFF) * template.span >> 32) - base, 86400
-        )
-        attributes = template.attributes
+        head, start, span, quantities, attributes, attributes_mask = table[bits & table_mask]
+        day, second = divmod(start + (((bits >> 16) & 0xFFFFFFFF) * span >> 32) - base, 86400)
         serial += 1
         line = (
-            f'{{"event_id":"{id_prefix}{serial}",{template.head}{template.quantities[(bits >> 48) & 255]}'
-            f',"timestamp":"{days[day]}{clock[second]}"{attributes[(bits >> 56) & (len(attributes) - 1)]}}}'
+            f'{{"event_id":"{id_prefix}{serial}",{head}{quantities[(bits >> 48) & 255]}'
+            f',"timestamp":"{days[day]}{clock[second]}"{attributes[(bits >> 56) & attributes_mask]}}}'
         ).encode()
         if kind == _BAD:
             yield bad_maker.spoil(line, BAD_REASONS[bad_count % len(BAD_REASONS)], bad_count)
@@ -526,6 +528,14 @@ def _stream(
         ring[good & ring_mask] = line
         good += 1
         yield line
+
+
+@cache
+def _clock_table() -> list[str]:
+    """`hh:mm:ssZ` for every second of a day."""
+    minutes = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
+    seconds = [f"{s:02d}Z" for s in range(60)]
+    return [minute + second for minute in minutes for second in seconds]
 
 
 class _BadRecords:
@@ -646,14 +656,21 @@ def _ints(rng: random.Random, low: int, high: int) -> list[int]:
 def _attribute_fragments(
     rng: random.Random, plan: Plan, charge: Charge, meter: Meter, users: Sequence[str]
 ) -> list[str]:
-    """`,"attributes":{…}` fragments that make an event match `charge` (and not an earlier one by filters)."""
+    """`,"attributes":{…}` fragments that make an event match `charge` (and not an earlier one by filters).
+
+    A power-of-two pool, so the hot loop picks one with a bit mask.
+    """
     siblings = [other for other in plan.charges if other.meter == charge.meter]
     # Attribute keys some charge of this meter filters on; an event must state them.
     keys = sorted({key for other in siblings for key in other.filters.attributes})
     prefixes = sorted({prefix for other in siblings for prefix in other.filters.destination_prefixes})
+    if not keys and not prefixes and meter.aggregation != "unique_count":
+        return [""]
+    size = 32
+    while size < min(len(users), _MAX_ATTRIBUTES):
+        size *= 2
     fragments: list[str] = []
-    # For unique_count meters every user of the account appears, so seat counts reach its size.
-    for number in range(max(32, min(len(users), _MAX_ATTRIBUTES))):
+    for number in range(size):
         attributes: dict[str, str] = {}
         for key in keys:
             wanted = charge.filters.attributes.get(key)
@@ -668,10 +685,9 @@ def _attribute_fragments(
         elif prefixes:
             attributes["destination"] = _unlisted_prefix(prefixes) + _digits(rng)
         if meter.aggregation == "unique_count":
+            # Every user of the account appears, so seat counts reach the account's size.
             attributes[meter.value_property] = users[number % len(users)]
-        fragments.append(
-            f',"attributes":{json.dumps(attributes, separators=(",", ":"))}' if attributes else ""
-        )
+        fragments.append(f',"attributes":{orjson.dumps(attributes).decode()}')
     return fragments
 
 

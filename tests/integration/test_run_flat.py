@@ -1,0 +1,147 @@
+"""`meterline run` end to end on the real embedded broker, checked against
+invoice lines computed by hand (flat charges, two accounts, two periods)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).parent.parent / "data" / "flat"
+D = Decimal
+
+# (kind, charge_id, quantity, amount) per invoice, computed by hand:
+EXPECTED_LINES = {
+    ("alpha", "2026-09"): [
+        # api: a1 1000 + a2 250.5 (+ five corrected re-sends of 0) = 1250.5 calls x 0.002 = 2.501 -> 2.50
+        ("usage", "eur-api", D("1250.5"), D("2.50")),
+        # storage (region eu): 12 GB x 0.10 = 1.20; the region=us event matched no charge
+        ("usage", "eur-storage", D("12"), D("1.20")),
+        ("recurring", "eur-base", None, D("10.00")),  # whole month in effect
+        # tax 20% of 13.70 = 2.74
+        ("tax", None, None, D("2.74")),
+    ],
+    ("alpha", "2026-10"): [
+        # a4 3000 + a5 500 (22:30Z on Sep 30 is 00:30 on Oct 1 in Paris) = 3500 x 0.002 = 7.00
+        ("usage", "eur-api", D("3500"), D("7.00")),
+        ("recurring", "eur-base", None, D("10.00")),
+        ("tax", None, None, D("3.40")),  # 20% of 17.00
+    ],
+    # 400 calls, 100 included: 300 x 0.0015 = 0.45
+    ("beta", "2026-09"): [("usage", "usd-api", D("400"), D("0.45"))],
+    # b2 50 + b3 100 (03:00Z on Nov 1 is 23:00 on Oct 31 in New York) = 150; 50 billable
+    # x 0.0015 = 0.075 -> half_even 0.08
+    ("beta", "2026-10"): [("usage", "usd-api", D("150"), D("0.08"))],
+}
+EXPECTED_TOTALS = {
+    ("alpha", "2026-09"): (D("13.70"), D("2.74"), D("16.44")),
+    ("alpha", "2026-10"): (D("17.00"), D("3.40"), D("20.40")),
+    ("beta", "2026-09"): (D("0.45"), D("0"), D("0.45")),
+    ("beta", "2026-10"): (D("0.08"), D("0"), D("0.08")),
+}
+EXPECTED_SUMMARY = {
+    "events_in": 24,
+    "rated": 13,  # 8 valid + 5 corrected re-sends
+    "duplicates": 1,
+    "rejected": 10,
+    "rejected.malformed": 1,
+    "rejected.missing_field": 1,
+    "rejected.invalid_timestamp": 1,
+    "rejected.future_timestamp": 1,
+    "rejected.invalid_quantity": 1,
+    "rejected.too_large": 1,
+    "rejected.unknown_account": 1,
+    "rejected.no_contract_in_effect": 1,
+    "rejected.unknown_meter": 1,
+    "rejected.no_matching_charge": 1,
+    "invoices": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def run_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("flat")
+    completed = subprocess.run(
+        [sys.executable, "-m", "meterline", "run", "--catalog", str(DATA / "catalog.yaml"),
+         "--input", f"json:{DATA / 'events.jsonl'}", "--out", str(out / "out"), "--close-all",
+         "--summary-json", str(out / "summary.json"), "--partitions", "3"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "events_in: 24" in completed.stdout
+    return out
+
+
+def test_summary_counts_every_event_once(run_output: Path) -> None:
+    summary = json.loads((run_output / "summary.json").read_text())
+    assert summary == EXPECTED_SUMMARY
+    assert summary["events_in"] == summary["rated"] + summary["duplicates"] + summary["rejected"]
+
+
+def test_invoice_lines_match_hand_computed(run_output: Path) -> None:
+    db = duckdb.connect(str(run_output / "out" / "billing.duckdb"), read_only=True)
+    rows = db.execute(
+        "SELECT account_id, period, line_no, kind, charge_id, quantity, amount FROM invoice_lines "
+        "ORDER BY account_id, period, line_no"
+    ).fetchall()
+    found: dict[tuple[str, str], list[tuple[object, ...]]] = {}
+    for account, period, line_no, kind, charge, quantity, amount in rows:
+        lines = found.setdefault((account, period), [])
+        assert line_no == len(lines) + 1
+        lines.append((kind, charge, quantity.normalize() if quantity is not None else None, amount))
+    expected = {
+        key: [(k, c, q.normalize() if q is not None else None, a) for k, c, q, a in lines]
+        for key, lines in EXPECTED_LINES.items()
+    }
+    assert found == expected
+
+
+def test_drafts_are_final_with_exact_totals(run_output: Path) -> None:
+    db = duckdb.connect(str(run_output / "out" / "billing.duckdb"), read_only=True)
+    rows = db.execute(
+        "SELECT account_id, period, subtotal, tax, total, status, currency, issue_date, due_date, event_count, "
+        "typeof(total) FROM invoice_drafts ORDER BY ALL"
+    ).fetchall()
+    assert {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows} == EXPECTED_TOTALS
+    assert {r[5] for r in rows} == {"final"}
+    assert all(r[10].startswith("DECIMAL") for r in rows)
+    by_key = {(r[0], r[1]): r for r in rows}
+    assert str(by_key[("beta", "2026-10")][7]) == "2026-11-01"
+    assert str(by_key[("beta", "2026-10")][8]) == "2026-11-16"  # net 15
+    assert by_key[("alpha", "2026-09")][9] == 8  # 7 api events (incl. re-sends) + 1 storage
+
+
+def test_parquet_matches_duckdb(run_output: Path) -> None:
+    out = run_output / "out"
+    db = duckdb.connect(str(out / "billing.duckdb"), read_only=True)
+    for period in ("2026-09", "2026-10"):
+        drafts = pq.read_table(out / "invoices" / f"period={period}" / "invoice_drafts.parquet")
+        lines = pq.read_table(out / "invoices" / f"period={period}" / "invoice_lines.parquet")
+        assert str(drafts.schema.field("total").type).startswith("decimal")
+        in_db = db.execute(
+            "SELECT invoice_id, total FROM invoice_drafts WHERE period = ? ORDER BY 1", [period]
+        ).fetchall()
+        assert sorted(zip(drafts.column("invoice_id").to_pylist(), drafts.column("total").to_pylist(),
+                          strict=True)) == in_db
+        assert lines.num_rows == db.execute(
+            "SELECT count(*) FROM invoice_lines WHERE period = ?", [period]).fetchone()[0]  # type: ignore[index]
+
+
+def test_rated_usage_traces_every_invoice_line(run_output: Path) -> None:
+    db = duckdb.connect(str(run_output / "out" / "billing.duckdb"), read_only=True)
+    mismatches = db.execute(
+        """SELECT t.account_id, t.charge_id FROM usage_totals t
+           LEFT JOIN (SELECT account_id, period, charge_id, sum(amount) AS amount, count(*) AS n
+                      FROM rated_usage GROUP BY ALL) r USING (account_id, period, charge_id)
+           WHERE r.amount IS DISTINCT FROM t.amount_exact OR r.n IS DISTINCT FROM t.event_count"""
+    ).fetchall()
+    assert mismatches == []
+    assert db.execute("SELECT count(*), count(DISTINCT event_id) FROM rated_usage").fetchone() == (13, 13)
