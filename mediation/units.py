@@ -80,10 +80,12 @@ def quantize(quantity: Decimal) -> Decimal:
 
     Raises `ValueError` for a quantity that is not finite or not below 10^82.
     """
+    if not quantity.is_finite():
+        raise ValueError(f"quantity {quantity} is not finite")
     try:
         result = _CONTEXT.quantize(quantity, _STEP)
-    except InvalidOperation:  # the context traps it: infinite, NaN, or more digits than it holds
-        raise ValueError(f"quantity {quantity} is not finite or out of range") from None
+    except InvalidOperation:  # trapped: more digits than the context holds
+        raise ValueError(f"quantity {quantity} is out of range") from None
     return result if result else ZERO
 
 

@@ -581,12 +581,23 @@ def _templates(catalog: Catalog, month: str, rng: random.Random) -> tuple[list[_
     first, following = period_bounds(month)
     month_days = (following - first).days
     quantity_pools = _QuantityPools(rng)
+    shared: dict[tuple[str, str], list[str]] = {}
+
+    def attribute_pools(plan: Plan, charge: Charge, meter: Meter, users: Sequence[str]) -> list[str]:
+        # Only unique_count values belong to one account; other pools are shared per charge.
+        if meter.aggregation == "unique_count":
+            return _attribute_fragments(rng, plan, charge, meter, users)
+        key = (plan.id, charge.id)
+        if key not in shared:
+            shared[key] = _attribute_fragments(rng, plan, charge, meter, users)
+        return shared[key]
+
     templates: list[_Template] = []
     weights: list[float] = []
     for account in catalog.accounts.values():
         # Heavy-tailed activity: a few accounts send most of the traffic.
         activity = min(rng.paretovariate(1.5), 20.0)
-        users = [f"u-{rng.randrange(16**6):06x}" for _ in range(rng.choice((3, 8, 12, 40, 80)))]
+        users = [f"u-{rng.getrandbits(24):06x}" for _ in range(rng.choice((3, 8, 12, 40, 80)))]
         for contract in account.contracts:
             start = max(contract.start, first)
             end = min(contract.end, following) if contract.end else following
@@ -608,7 +619,7 @@ def _templates(catalog: Catalog, month: str, rng: random.Random) -> tuple[list[_
                         start=lo,
                         span=hi - lo,
                         quantities=quantity_pools.for_meter(meter),
-                        attributes=_attribute_fragments(rng, plan, charge, meter, users),
+                        attributes=attribute_pools(plan, charge, meter, users),
                         has_quantity=meter.aggregation in ("sum", "max"),
                     )
                 )
@@ -661,38 +672,43 @@ def _attribute_fragments(
     A power-of-two pool, so the hot loop picks one with a bit mask.
     """
     siblings = [other for other in plan.charges if other.meter == charge.meter]
-    # Attribute keys some charge of this meter filters on; an event must state them.
-    keys = sorted({key for other in siblings for key in other.filters.attributes})
-    prefixes = sorted({prefix for other in siblings for prefix in other.filters.destination_prefixes})
-    if not keys and not prefixes and meter.aggregation != "unique_count":
+    # Values per attribute key some charge of this meter filters on: an event must
+    # state each key, with a value the charge lists or, if it lists none, one no sibling lists.
+    choices: list[tuple[str, list[str]]] = []
+    for key in sorted({key for other in siblings for key in other.filters.attributes}):
+        wanted = charge.filters.attributes.get(key)
+        if wanted:
+            choices.append((key, sorted(wanted)))  # sorted: frozenset order is not stable
+        else:
+            listed = {value for other in siblings for value in other.filters.attributes.get(key, ())}
+            pool = [value for value in _OTHER_VALUES.get(key, ()) if value not in listed]
+            choices.append((key, pool or [f"other-{key}"]))
+    prefixes = list(charge.filters.destination_prefixes)
+    if not prefixes and any(other.filters.destination_prefixes for other in siblings):
+        prefixes = [_unlisted_prefix([p for other in siblings for p in other.filters.destination_prefixes])]
+    counted = meter.aggregation == "unique_count"
+    if not choices and not prefixes and not counted:
         return [""]
-    size = 32
-    while size < min(len(users), _MAX_ATTRIBUTES):
-        size *= 2
+    size = _MAX_ATTRIBUTES
+    if counted:
+        size = 32
+        while size < min(len(users), _MAX_ATTRIBUTES):
+            size *= 2
     fragments: list[str] = []
     for number in range(size):
-        attributes: dict[str, str] = {}
-        for key in keys:
-            wanted = charge.filters.attributes.get(key)
-            if wanted:
-                attributes[key] = rng.choice(sorted(wanted))  # sorted: frozenset order is not stable
-            else:
-                listed = {value for other in siblings for value in other.filters.attributes.get(key, ())}
-                pool = [value for value in _OTHER_VALUES.get(key, ()) if value not in listed]
-                attributes[key] = rng.choice(pool) if pool else f"other-{key}"
-        if charge.filters.destination_prefixes:
-            attributes["destination"] = rng.choice(charge.filters.destination_prefixes) + _digits(rng)
-        elif prefixes:
-            attributes["destination"] = _unlisted_prefix(prefixes) + _digits(rng)
-        if meter.aggregation == "unique_count":
+        attributes = {key: values[rng.randrange(len(values))] for key, values in choices}
+        if prefixes:
+            attributes["destination"] = f"{prefixes[rng.randrange(len(prefixes))]}{_digits(rng)}"
+        if counted:
             # Every user of the account appears, so seat counts reach the account's size.
             attributes[meter.value_property] = users[number % len(users)]
         fragments.append(f',"attributes":{orjson.dumps(attributes).decode()}')
     return fragments
 
 
-def _digits(rng: random.Random) -> str:
-    return f"{rng.randrange(10**8, 10**9)}"
+def _digits(rng: random.Random) -> int:
+    """The subscriber part of a phone number (nine digits)."""
+    return 100_000_000 + rng.getrandbits(30) % 900_000_000
 
 
 def _unlisted_prefix(prefixes: Sequence[str]) -> str:

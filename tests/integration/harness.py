@@ -1,0 +1,101 @@
+"""A live pipeline on the real embedded broker for crash tests: real worker
+processes that a test can SIGKILL and restart."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import yaml
+
+from meterline.broker import EmbeddedBroker
+from meterline.config import Settings
+from meterline.generate import generate_catalog, generate_events
+from meterline.pipeline import Workers
+from meterline.progress import StatsReader, Totals, drained
+from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog
+
+
+def write_dataset(folder: Path, accounts: int, events: int, seed: int) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    document = generate_catalog(accounts, seed)
+    catalog = folder / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(document, sort_keys=False))
+    stream = folder / "events.jsonl"
+    with stream.open("wb") as handle:
+        for line in generate_events(document, events, seed):
+            handle.write(line + b"\n")
+    return catalog, stream
+
+
+class LivePipeline:
+    def __init__(self, broker: EmbeddedBroker, out: Path, partitions: int = 4) -> None:
+        self.settings = Settings(bootstrap_servers=broker.bootstrap_servers, partitions=partitions,
+                                 instance_id="crash-test")
+        self.out = out
+        create_topics(self.settings)
+        self.workers = Workers(self.settings, out, None)
+        self.reader = StatsReader(self.settings.bootstrap_servers, {})
+        self.published = 0
+
+    def publish(self, catalog: Path, events: Path) -> int:
+        publish_catalog(self.settings, catalog)
+        self.published += produce_inputs(self.settings, [InputFile(events, "json")])
+        return self.published
+
+    def start(self, *stages: str) -> None:
+        for stage in stages:
+            self.workers.start(stage)
+
+    def kill(self, stage: str) -> None:
+        process = self.workers.processes[stage]
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def totals(self) -> Totals:
+        self.reader.poll(0.2)
+        return self.reader.totals([t.name for t in self.settings.raw_topics])
+
+    def wait_until(self, condition: Callable[[Totals], bool], timeout: float = 300) -> Totals:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            totals = self.totals()
+            if condition(totals):
+                return totals
+            for stage, process in self.workers.processes.items():
+                assert process.poll() is None, f"{stage} worker died with {process.returncode}"
+        raise AssertionError(f"timed out; last totals {self.totals()}")
+
+    def wait_drained(self, timeout: float = 300) -> Totals:
+        return self.wait_until(lambda t: drained(t, self.published), timeout)
+
+    def stop(self) -> None:
+        self.workers.stop()
+        self.reader.close()
+
+
+def run_reference(catalog: Path, events: Path, out: Path) -> None:
+    """The same input through `meterline run` with nothing killed."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "meterline", "run", "--catalog", str(catalog), "--input", f"json:{events}",
+         "--out", str(out), "--partitions", "4"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def table(out: Path, sql: str) -> list[tuple[Any, ...]]:
+    db = duckdb.connect(str(out / "billing.duckdb"), read_only=True)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+USAGE_TOTALS = "SELECT * FROM usage_totals ORDER BY ALL"
