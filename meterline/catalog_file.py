@@ -107,6 +107,10 @@ def format_path(parts: Iterable[PathPart]) -> str:
 # --------------------------------------------------------------------------- reading
 
 
+_BOOL_TAG: Final = "tag:yaml.org,2002:bool"
+_TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
+
+
 class _CatalogYamlLoader(yaml.SafeLoader):
     """SafeLoader that keeps numbers as their text and dates as strings.
 
@@ -125,6 +129,12 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.Node) -> dic
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            ) from None
         if key in mapping:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=True)
@@ -143,8 +153,6 @@ def _catalog_resolvers() -> dict[Any, list[tuple[str, Pattern[str]]]]:
     return resolvers
 
 
-_BOOL_TAG: Final = "tag:yaml.org,2002:bool"
-_TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
 _CatalogYamlLoader.yaml_implicit_resolvers = _catalog_resolvers()
 # Numbers (and explicitly tagged timestamps) stay the text their author wrote.
 for _tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", _TIMESTAMP_TAG):
@@ -276,14 +284,28 @@ def validate_document(document: Mapping[str, Any], source: str = "<catalog>") ->
         raise CatalogError(source, "$", "a catalog must be a mapping with meters, plans and accounts")
     errors = list(_validator().iter_errors(normalized))
     if errors:
-        # The first problem in document order, so the report is stable across runs.
-        problems = sorted(
-            (_schema_problem(error) for error in errors),
-            key=lambda item: [(0, p, "") if isinstance(p, int) else (1, 0, p) for p in item[0]],
-        )
-        path, problem = problems[0]
+        # The first problem in document order, as the cross-object checks report theirs.
+        problems = [_schema_problem(error) for error in errors]
+        path, problem = min(problems, key=lambda item: _document_position(normalized, item[0]))
         raise CatalogError(source, format_path(path), problem)
     return normalized
+
+
+def _document_position(document: Any, path: DocPath) -> list[int]:
+    """Where a path lies in the document: list indexes and key positions (missing keys last)."""
+    position: list[int] = []
+    node = document
+    for part in path:
+        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+            position.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and part in node:
+            position.append(list(node).index(part))
+            node = node[part]
+        else:
+            position.append(len(node) if isinstance(node, dict | list) else 0)
+            node = None
+    return position
 
 
 # --------------------------------------------------------------------------- building
@@ -624,15 +646,20 @@ def _is_convertible(source_unit: str, unit: str) -> bool:
 # --------------------------------------------------------------------------- entities
 
 
-def catalog_entities(document: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def catalog_entities(
+    document: Mapping[str, Any], source: str = "<catalog>"
+) -> list[tuple[str, dict[str, Any]]]:
     """Split a validated document into keyed entities for the compacted contracts topic.
+
+    Validate the whole catalog first (:func:`parse_catalog`); this only re-checks the
+    shape, so a malformed document is a CatalogError here rather than a KeyError.
 
     Keys are `meter/<code>`, `plan/<id>`, `account/<id>`; values are JSON-serializable
     dicts `{"kind", "id", "version", "spec"}` with decimals as text. Meters come first,
     then plans, then accounts, so a reader never sees a reference before its target
     when the topic is read in order.
     """
-    normalized = _as_document(document)
+    normalized = validate_document(document, source)
     entities: list[tuple[str, dict[str, Any]]] = []
     for kind, (section, id_field) in SECTIONS.items():
         for spec in normalized.get(section, ()):

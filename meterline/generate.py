@@ -468,12 +468,19 @@ def generate_events(
         size *= 2
     table = rng.choices(templates, weights, k=size)
     kinds = bytearray(events)  # all _GOOD; then distinct random positions for the others
-    for kind, count in ((_BAD, bad), (_DUPLICATE, duplicates)):
-        while count:
-            position = int(rng.random() * events)
-            if not kinds[position]:
-                kinds[position] = kind
-                count -= 1
+    if 2 * (duplicates + bad) > events:
+        special = rng.sample(range(events), duplicates + bad)
+        kinds_of_special = [_BAD] * bad + [_DUPLICATE] * duplicates
+        for position, kind in zip(special, kinds_of_special, strict=True):
+            kinds[position] = kind
+    else:
+        # Faster than random.sample for the usual few percent: retry the rare collisions.
+        for kind, count in ((_BAD, bad), (_DUPLICATE, duplicates)):
+            while count:
+                position = int(rng.random() * events)
+                if not kinds[position]:
+                    kinds[position] = kind
+                    count -= 1
     return _stream(catalog, month, rng, table, kinds, f"ev{seed & 0xFFFFFFFF:x}-")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from datetime import date, time
@@ -11,6 +12,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meterline.catalog import (
     Account,
@@ -419,6 +422,7 @@ def test_first_problem_in_document_order_is_reported() -> None:
     doc = minimal()
     doc["plans"][0]["charges"][0]["unit_price"] = "x"
     doc["meters"][0]["aggregation"] = "avg"
+    doc["accounts"][0]["tax_rate"] = "lots"  # "accounts" sorts first, but comes last
     with pytest.raises(CatalogError) as caught:
         parse_catalog(doc)
     assert caught.value.path == "meters[0].aggregation"
@@ -470,8 +474,56 @@ def test_later_entity_values_win_and_tombstones_are_skipped() -> None:
     assert catalog.accounts["acme"].name == "ACME renamed"
 
 
+def test_entities_of_a_malformed_document_are_refused() -> None:
+    with pytest.raises(CatalogError, match=r"^<catalog>: meters\[0\]\.unit: required field is missing"):
+        catalog_entities({"meters": [{"code": "x", "aggregation": "sum"}], "plans": [], "accounts": []})
+
+
 def test_unknown_entities_are_refused() -> None:
     with pytest.raises(ValueError, match="not a catalog entity"):
         document_from_entities([{"kind": "invoice", "id": "x", "version": 1, "spec": {}}])
     with pytest.raises(ValueError, match="unsupported catalog entity version"):
         document_from_entities([{"kind": "meter", "id": "x", "version": 99, "spec": {}}])
+
+
+# --------------------------------------------------------------------------- robustness
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["", "0", "-1", "1e3"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*prefix, index))
+    return found
+
+
+_EXAMPLE_DOC = read_catalog_document(EXAMPLE)
+_EXAMPLE_PATHS = _paths(_EXAMPLE_DOC)
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(_EXAMPLE_PATHS), replacement=_JSON_VALUES, delete=st.booleans())
+def test_any_damage_is_a_catalog_error_or_a_valid_catalog(
+    path: tuple[Any, ...], replacement: Any, delete: bool
+) -> None:
+    doc = copy.deepcopy(_EXAMPLE_DOC)
+    parent = doc
+    for part in path[:-1]:
+        parent = parent[part]
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = replacement
+    try:
+        parse_catalog(doc, source="fuzz")
+    except CatalogError as error:
+        assert str(error).startswith("fuzz: ") and "\n" not in str(error)

@@ -113,7 +113,8 @@ def test_events_are_deterministic(catalog_doc: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("events", "duplicate_rate", "bad_rate"), [(0, 0.05, 0.01), (1, 0, 0), (5000, 0.05, 0.01)]
+    ("events", "duplicate_rate", "bad_rate"),
+    [(0, 0.05, 0.01), (1, 0, 0), (5000, 0.05, 0.01), (300, 0.5, 0.3), (40, 0, 1)],
 )
 def test_event_count(
     catalog_doc: dict[str, Any], events: int, duplicate_rate: float, bad_rate: float
