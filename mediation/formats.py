@@ -56,7 +56,16 @@ _CDR: Final = FieldNames("uniqueid", "accountcode", "meter", "answer (or start)"
 
 VOICE_METER: Final = "voice"
 BILLABLE_DISPOSITION: Final = "ANSWERED"
-_CDR_FIELD_COUNTS: Final = (17, 18)  # the 18th is the optional userfield
+# cdr-csv columns, in order; an 18th, userfield, may follow.
+CDR_COLUMNS: Final = (
+    "accountcode", "src", "dst", "dcontext", "clid", "channel", "dstchannel", "lastapp", "lastdata",
+    "start", "answer", "end", "duration", "billsec", "disposition", "amaflags", "uniqueid",
+)  # fmt: skip
+_CDR_FIELD_COUNTS: Final = (len(CDR_COLUMNS), len(CDR_COLUMNS) + 1)
+_ACCOUNTCODE, _DST, _START, _ANSWER, _BILLSEC, _DISPOSITION, _UNIQUEID = (
+    CDR_COLUMNS.index(name)
+    for name in ("accountcode", "dst", "start", "answer", "billsec", "disposition", "uniqueid")
+)
 
 # A literal with 16+ significant digits (more than a double keeps) shows up as a
 # run of 16+ digits and dots; translate + `in` finds one in well under a microsecond.
@@ -103,13 +112,20 @@ def _read_json(raw: bytes, fmt: str, meters: Mapping[str, Meter]) -> RawUsage:
     except orjson.JSONDecodeError as exc:
         if "number" not in str(exc):
             raise Rejected(MALFORMED, f"invalid JSON: {exc}") from None
+        # A number orjson cannot hold (1e400 overflows a double) is still JSON: read it exactly.
         return _fields(_load_exact(raw), fmt, meters)
     found = _fields(doc, fmt, meters)
-    if (type(found.quantity) is float or type(found.timestamp) is float) and _LONG_RUN in raw.translate(
-        _NUMBER_CHARS
-    ):
+    if _may_have_lost_digits(found, raw):
         found = _fields(_load_exact(raw), fmt, meters)
     return found
+
+
+def _may_have_lost_digits(found: RawUsage, raw: bytes) -> bool:
+    # Only a float quantity or epoch timestamp matters, and only if the record holds
+    # a literal longer than a double keeps exactly.
+    return (type(found.quantity) is float or type(found.timestamp) is float) and _LONG_RUN in raw.translate(
+        _NUMBER_CHARS
+    )
 
 
 def _load_exact(raw: bytes) -> object:
@@ -293,9 +309,9 @@ def _read_cdr(raw: bytes, meters: Mapping[str, Meter]) -> RawUsage:
     row = rows[0]
     if len(row) not in _CDR_FIELD_COUNTS:
         raise Rejected(MALFORMED, f"{len(row)} CSV fields, expected 17 (or 18 with userfield)")
-    (accountcode, _src, dst, _dcontext, _clid, _channel, _dstchannel, _lastapp, _lastdata,
-     start, answer, _end, _duration, billsec, disposition, _amaflags, uniqueid) = row[:17]  # fmt: skip
 
+    accountcode, dst, start, answer = row[_ACCOUNTCODE], row[_DST], row[_START], row[_ANSWER]
+    billsec, disposition, uniqueid = row[_BILLSEC], row[_DISPOSITION], row[_UNIQUEID]
     meter = meters.get(VOICE_METER)
     aggregation = meter.aggregation if meter is not None else None
     attributes = {"destination": dst, "disposition": disposition}

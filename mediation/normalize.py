@@ -9,8 +9,8 @@ normalized, un-enriched `UsageEvent`. Pure: processing time is a parameter.
 
 JSON values arrive as orjson reads them (str, int, float, bool, None, dict,
 list) or, for records read exactly, with numbers as `Decimal` (`IntLiteral` for
-integer literals). Everything here treats both the same way, so the reading mode
-changes only how exact a quantity or an epoch timestamp is, never a verdict.
+integer literals). Everything here treats both alike: the reading mode changes
+nothing but the exactness of quantities and epoch timestamps.
 """
 
 from __future__ import annotations
@@ -137,8 +137,10 @@ def to_event(raw: RawUsage, now: datetime) -> UsageEvent:
 
     if meter is None:
         # Unknown meter: quantity optional, checked when given; enrichment rejects the event anyway.
-        quantity = units.ZERO if raw.quantity is None or raw.quantity == "" else _stored(
-            parse_quantity(raw.quantity, raw.quantity_field), raw.quantity_field
+        quantity = (
+            units.ZERO
+            if raw.quantity is None or raw.quantity == ""
+            else _stored(parse_quantity(raw.quantity, raw.quantity_field), raw.quantity_field)
         )
     elif meter.aggregation in ("count", "unique_count"):
         quantity = _ONE
@@ -197,14 +199,17 @@ def flatten_attributes(source: Mapping[str, object], name: str, skip: str | None
     for key, value in source.items():
         if key == skip:
             continue
-        text = attribute_text(value, f"{name}.{key}")
+        text = attribute_text(value, name, key)
         if text is not None:
             attributes[key] = text
     return attributes
 
 
-def attribute_text(value: object, name: str) -> str | None:
-    """A JSON value as the string an attribute (or a unique_count value) holds."""
+def attribute_text(value: object, name: str, key: str = "") -> str | None:
+    """A JSON value as the string an attribute (or a unique_count value) holds.
+
+    `name` (and `key`, inside an object) name the value in a rejection detail.
+    """
     if type(value) is str:
         return value
     if value is None:
@@ -220,7 +225,7 @@ def attribute_text(value: object, name: str) -> str | None:
     try:
         return orjson.dumps(value, default=_json_number, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError as exc:  # too deeply nested for orjson (JSONEncodeError is a TypeError)
-        raise Rejected(MALFORMED, f"{name}: {exc}") from None
+        raise Rejected(MALFORMED, f"{name}.{key}: {exc}" if key else f"{name}: {exc}") from None
 
 
 def _number_text(value: float | Decimal) -> str:

@@ -68,6 +68,9 @@ DocPath = tuple[PathPart, ...]
 WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SECTIONS: Final = {"meter": ("meters", "code"), "plan": ("plans", "id"), "account": ("accounts", "id")}
 ENTITY_VERSION: Final = 1
+_INTEGER_DIGITS: Final = 20
+_PLACES: Final = 18
+_MAX_NET_TERMS_DAYS: Final = 3650
 
 # Fields each pricing model needs, and the ones that would be silently ignored.
 _MODEL_FIELDS: Final[dict[str, tuple[str, ...]]] = {
@@ -316,6 +319,20 @@ def parse_catalog(document: Mapping[str, Any], source: str = "<catalog>") -> Cat
     return _CatalogBuilder(source).build(validate_document(document, source))
 
 
+def _decimal_places(value: Decimal) -> int:
+    """Significant decimal places: "1.500" has 1 (trailing zeros do not count)."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # the schema admits finite numbers only
+    if not value:
+        return 0
+    places = -exponent
+    for digit in reversed(digits):
+        if places <= 0 or digit != 0:
+            break
+        places -= 1
+    return max(places, 0)
+
+
 def _month_index(day: date) -> int:
     return day.year * 12 + day.month - 1
 
@@ -361,6 +378,11 @@ class _CatalogBuilder:
         self, path: DocPath, text: str, *, positive: bool = False, at_most: int | None = None
     ) -> Decimal:
         value = Decimal(text)  # the schema guarantees non-negative decimal text
+        # Exact values are stored as DECIMAL(38,18): 20 integer digits, 18 places.
+        if value and value.adjusted() >= _INTEGER_DIGITS:
+            self.fail(path, f"must be below 10^{_INTEGER_DIGITS}, got {json.dumps(text)}")
+        if _decimal_places(value) > _PLACES:
+            self.fail(path, f"must have at most {_PLACES} decimal places, got {json.dumps(text)}")
         if positive and value <= 0:
             self.fail(path, f"must be greater than 0, got {json.dumps(text)}")
         if at_most is not None and value > at_most:
@@ -555,8 +577,14 @@ class _CatalogBuilder:
             tax_rate=self.decimal((*path, "tax_rate"), tax_rate, at_most=100)
             if tax_rate is not None
             else None,
-            net_terms_days=int(spec.get("net_terms_days", "30")),
+            net_terms_days=self.net_terms_days((*path, "net_terms_days"), spec.get("net_terms_days", "30")),
         )
+
+    def net_terms_days(self, path: DocPath, text: str) -> int:
+        days = int(text)  # the schema guarantees digits
+        if days > _MAX_NET_TERMS_DAYS:
+            self.fail(path, f"must be at most {_MAX_NET_TERMS_DAYS} days, got {json.dumps(text)}")
+        return days
 
     def contract(self, path: DocPath, account_id: str, spec: Mapping[str, Any]) -> Contract:
         contract_id: str = spec["id"]

@@ -19,8 +19,11 @@ SIZES: dict[str, tuple[str, Fraction]] = {
     "hour": ("time", Fraction(3600)),
     "day": ("time", Fraction(86400)),
     "byte": ("data", Fraction(1)),
-    **{name: ("data", Fraction(10**(3 * i))) for i, name in enumerate(("KB", "MB", "GB", "TB", "PB"), 1)},
-    **{name: ("data", Fraction(2**(10 * i))) for i, name in enumerate(("KiB", "MiB", "GiB", "TiB", "PiB"), 1)},
+    **{name: ("data", Fraction(10 ** (3 * i))) for i, name in enumerate(("KB", "MB", "GB", "TB", "PB"), 1)},
+    **{
+        name: ("data", Fraction(2 ** (10 * i)))
+        for i, name in enumerate(("KiB", "MiB", "GiB", "TiB", "PiB"), 1)
+    },
 }
 PAIRS = [(a, b) for a in SIZES for b in SIZES if SIZES[a][0] == SIZES[b][0]]
 
@@ -104,7 +107,9 @@ def test_unconvertible_quantities_raise_value_error(quantity: str) -> None:
         quantize(Decimal(quantity) * Decimal("1E+20"))
 
 
-@pytest.mark.parametrize(("source_unit", "unit"), [("second", "GB"), ("second", "GB-hour"), ("call", "message")])
+@pytest.mark.parametrize(
+    ("source_unit", "unit"), [("second", "GB"), ("second", "GB-hour"), ("call", "message")]
+)
 def test_unknown_conversion(source_unit: str, unit: str) -> None:
     assert not is_convertible(source_unit, unit)
     with pytest.raises(UnknownConversion, match=f"no known conversion from '{source_unit}' to '{unit}'"):

@@ -368,6 +368,11 @@ def test_json_nan_is_not_a_number(tmp_path: Path) -> None:
         (lambda d: d["meters"][0].update(aggregation="avg"), "meters[0].aggregation", "must be one of"),
         (lambda d: d["accounts"][0].update(net_terms_days="30.5"), "accounts[0].net_terms_days", "must be a"),
         (lambda d: d.pop("accounts"), "accounts", "required field is missing"),
+        (
+            lambda d: d["accounts"][0].update(net_terms_days="36500"),
+            "accounts[0].net_terms_days",
+            "must be at most 3650 days",
+        ),
         (lambda d: d.update(extra=[]), "extra", "unknown field"),
         (
             lambda d: d["meters"][0].update(code="api calls"),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from meterline.catalog import Catalog, period_bounds
 from meterline.catalog_file import load_catalog, parse_catalog, read_catalog_document
@@ -271,3 +272,10 @@ def test_generation_speed() -> None:
     count = sum(1 for _ in generate_events(doc, 1_000_000, seed=1))
     rate = count / (time.perf_counter() - started)
     assert rate >= 200_000, f"{rate:,.0f} events/s"
+
+
+def test_generated_catalog_survives_a_yaml_file(tmp_path: Path, catalog_doc: dict[str, Any]) -> None:
+    """`meterline demo` writes the generated catalog as YAML and loads it back."""
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog_doc, sort_keys=False))
+    assert load_catalog(path) == parse_catalog(catalog_doc)
