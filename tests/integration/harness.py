@@ -36,8 +36,9 @@ def write_dataset(folder: Path, accounts: int, events: int, seed: int) -> tuple[
 
 class LivePipeline:
     def __init__(self, broker: EmbeddedBroker, out: Path, partitions: int = 4) -> None:
-        self.settings = Settings(bootstrap_servers=broker.bootstrap_servers, partitions=partitions,
-                                 instance_id="crash-test")
+        self.settings = Settings(
+            bootstrap_servers=broker.bootstrap_servers, partitions=partitions, instance_id="crash-test"
+        )
         self.out = out
         create_topics(self.settings)
         self.workers = Workers(self.settings, out, None)
@@ -83,9 +84,23 @@ class LivePipeline:
 def run_reference(catalog: Path, events: Path, out: Path) -> None:
     """The same input through `meterline run` with nothing killed."""
     completed = subprocess.run(
-        [sys.executable, "-m", "meterline", "run", "--catalog", str(catalog), "--input", f"json:{events}",
-         "--out", str(out), "--partitions", "4"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "meterline",
+            "run",
+            "--catalog",
+            str(catalog),
+            "--input",
+            f"json:{events}",
+            "--out",
+            str(out),
+            "--partitions",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
 

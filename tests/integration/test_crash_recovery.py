@@ -43,6 +43,6 @@ def test_rating_killed_halfway_gives_the_same_usage_totals(
     assert totals.events_in == totals.rated + totals.duplicates + totals.rejected_total
     assert table(tmp_path / "out", USAGE_TOTALS) == table(reference, USAGE_TOTALS)
     # Every rated event reached the sink exactly once.
-    assert table(tmp_path / "out", "SELECT count(*), count(DISTINCT (account_id, event_id)) FROM rated_usage") == [
-        (totals.rated, totals.rated)
-    ]
+    assert table(
+        tmp_path / "out", "SELECT count(*), count(DISTINCT (account_id, event_id)) FROM rated_usage"
+    ) == [(totals.rated, totals.rated)]

@@ -70,10 +70,26 @@ EXPECTED_SUMMARY = {
 def run_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("flat")
     completed = subprocess.run(
-        [sys.executable, "-m", "meterline", "run", "--catalog", str(DATA / "catalog.yaml"),
-         "--input", f"json:{DATA / 'events.jsonl'}", "--out", str(out / "out"), "--close-all",
-         "--summary-json", str(out / "summary.json"), "--partitions", "3"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "meterline",
+            "run",
+            "--catalog",
+            str(DATA / "catalog.yaml"),
+            "--input",
+            f"json:{DATA / 'events.jsonl'}",
+            "--out",
+            str(out / "out"),
+            "--close-all",
+            "--summary-json",
+            str(out / "summary.json"),
+            "--partitions",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "events_in: 24" in completed.stdout
@@ -107,8 +123,8 @@ def test_invoice_lines_match_hand_computed(run_output: Path) -> None:
 def test_drafts_are_final_with_exact_totals(run_output: Path) -> None:
     db = duckdb.connect(str(run_output / "out" / "billing.duckdb"), read_only=True)
     rows = db.execute(
-        "SELECT account_id, period, subtotal, tax, total, status, currency, issue_date, due_date, event_count, "
-        "typeof(total) FROM invoice_drafts ORDER BY ALL"
+        "SELECT account_id, period, subtotal, tax, total, status, currency, issue_date, due_date, "
+        "event_count, typeof(total) FROM invoice_drafts ORDER BY ALL"
     ).fetchall()
     assert {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows} == EXPECTED_TOTALS
     assert {r[5] for r in rows} == {"final"}
@@ -129,10 +145,16 @@ def test_parquet_matches_duckdb(run_output: Path) -> None:
         in_db = db.execute(
             "SELECT invoice_id, total FROM invoice_drafts WHERE period = ? ORDER BY 1", [period]
         ).fetchall()
-        assert sorted(zip(drafts.column("invoice_id").to_pylist(), drafts.column("total").to_pylist(),
-                          strict=True)) == in_db
-        assert lines.num_rows == db.execute(
-            "SELECT count(*) FROM invoice_lines WHERE period = ?", [period]).fetchone()[0]  # type: ignore[index]
+        assert (
+            sorted(
+                zip(drafts.column("invoice_id").to_pylist(), drafts.column("total").to_pylist(), strict=True)
+            )
+            == in_db
+        )
+        assert (
+            lines.num_rows
+            == db.execute("SELECT count(*) FROM invoice_lines WHERE period = ?", [period]).fetchone()[0]
+        )  # type: ignore[index]
 
 
 def test_rated_usage_traces_every_invoice_line(run_output: Path) -> None:

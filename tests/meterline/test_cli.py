@@ -10,14 +10,24 @@ import pytest
 
 DATA = Path(__file__).parent.parent / "data"
 SUBCOMMANDS = [
-    ["run"], ["demo"], ["mediation"], ["rating"], ["consolidation"], ["contracts"], ["contracts", "publish"],
-    ["produce"], ["close"], ["query"], ["broker"],
+    ["run"],
+    ["demo"],
+    ["mediation"],
+    ["rating"],
+    ["consolidation"],
+    ["contracts"],
+    ["contracts", "publish"],
+    ["produce"],
+    ["close"],
+    ["query"],
+    ["broker"],
 ]
 
 
 def meterline(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "meterline", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "meterline", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
 
 
 @pytest.mark.parametrize("command", [[], *SUBCOMMANDS], ids=lambda c: " ".join(c) or "meterline")
@@ -36,8 +46,18 @@ def test_every_subcommand_has_help(command: list[str]) -> None:
         (["run", "--input", "x.jsonl"], "--catalog"),
         (["close", "--period", "2026-13-01", "--bootstrap-servers", "127.0.0.1:1"], "YYYY-MM"),
         (["run", "--catalog", str(DATA / "flat" / "catalog.yaml"), "--input", "nope.jsonl"], "nope.jsonl"),
-        (["run", "--catalog", str(DATA / "flat" / "catalog.yaml"), "--input", "x.jsonl", "--format", "xml"],
-         "unknown format"),
+        (
+            [
+                "run",
+                "--catalog",
+                str(DATA / "flat" / "catalog.yaml"),
+                "--input",
+                "x.jsonl",
+                "--format",
+                "xml",
+            ],
+            "unknown format",
+        ),
         (["query", "SELECT 1", "--out", "/nonexistent/out"], "no such database"),
         (["mediation", "--config", "/nonexistent/meterline.toml"], "no such config file"),
     ],
