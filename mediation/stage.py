@@ -179,6 +179,8 @@ class MediationProcessor:
             self._reject(rejection, record, original, origin, counts, result)
             return
         counts["mediated"] += 1
+        if result.newest_event_time is None or enriched.event_time > result.newest_event_time:
+            result.newest_event_time = enriched.event_time
         headers = [
             (LINEAGE_HEADER, lineage_value(record.topic, record.partition, record.offset)),
             (RAW_HEADER, original),

@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Protocol
 
@@ -78,6 +79,8 @@ class BatchResult:
     changelog: dict[TP, list[tuple[bytes, bytes | None]]] = field(default_factory=dict)
     # Outcome counts per input partition (events_in, rejected.<reason>, ...).
     counts: dict[TP, Counter[str]] = field(default_factory=dict)
+    # Event time of the newest event in the batch, for the event-time lag metric.
+    newest_event_time: datetime | None = None
 
 
 class Processor(Protocol):
@@ -209,8 +212,21 @@ class StageRunner:
         except _Stop:
             raise
         metrics.BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
-        for topic in {r.topic for r in records}:
-            metrics.CONSUMED.labels(self.stage, topic).inc(sum(1 for r in records if r.topic == topic))
+        per_topic = Counter(r.topic for r in records)
+        for topic, count in per_topic.items():
+            metrics.CONSUMED.labels(self.stage, topic).inc(count)
+        if result.newest_event_time is not None:
+            lag = datetime.now(UTC) - result.newest_event_time
+            metrics.EVENT_TIME_LAG.labels(self.stage).set(lag.total_seconds())
+        self._export_consumer_lag(next_offsets)
+
+    def _export_consumer_lag(self, next_offsets: dict[TP, int]) -> None:
+        assert self._consumer is not None
+        for (topic, partition), position in next_offsets.items():
+            # cached=True reads the high watermark of the last fetch response: no broker round trip.
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            if high >= 0:
+                metrics.CONSUMER_LAG.labels(self.stage, topic, str(partition)).set(max(high - position, 0))
 
     def _commit(self, records: list[InputRecord], result: BatchResult, next_offsets: dict[TP, int]) -> None:
         assert self._producer is not None and self._consumer is not None

@@ -82,6 +82,8 @@ class RatingProcessor:
                 )
                 continue
             by_partition.setdefault(tp, []).append((record, event))
+            if result.newest_event_time is None or event.event_time > result.newest_event_time:
+                result.newest_event_time = event.event_time
         for tp, items in by_partition.items():
             counts = result.counts[tp]
             state = self.state.setdefault(tp, RatingState())
@@ -110,6 +112,11 @@ class RatingProcessor:
             for key, unique in batch.new_unique_values:
                 changelog.append((_state_key(key) + _VALUE_SEP + unique.encode(), b""))
             metrics.RATED.labels(STAGE).inc(len(batch.rated))
+            amounts: dict[str, Decimal] = {}
+            for rated in batch.rated:
+                amounts[rated.event.currency] = amounts.get(rated.event.currency, Decimal(0)) + rated.amount
+            for currency, amount in amounts.items():
+                metrics.AMOUNT_RATED.labels(currency).inc(float(amount))  # a dashboard figure, never billed
         self._gauge()
         return result
 
