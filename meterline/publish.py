@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from mediation.formats import FORMATS
 
+from mediation.formats import FORMATS
 from meterline.catalog_file import catalog_entities, parse_catalog, read_catalog_document
 from meterline.config import Settings
 from meterline.kafka_config import client_config, plain_producer_config, transactional_producer_config
