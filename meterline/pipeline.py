@@ -15,12 +15,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
 import orjson
 
 from consolidation.closing import accounts_active_in, finalize_period, reconcile_amounts, refresh_previews
+from consolidation.currency import minor_units
 from consolidation.store import BillingStore
 from meterline.broker import EmbeddedBroker
 from meterline.catalog import Catalog
@@ -42,6 +44,9 @@ class RunResult:
     invoices: int
     reconciled: bool
     problems: tuple[str, ...]
+    accounts: int = 0
+    # (currency, invoices, total) over all drafts, for the summary.
+    invoice_totals: tuple[tuple[str, int, Decimal], ...] = ()
 
     def summary(self) -> dict[str, int]:
         t = self.totals
@@ -236,7 +241,18 @@ def _finish(
                 f"{totals.duplicates} + rejected {totals.rejected_total}"
             )
         invoices = store.count_drafts("final") + store.count_drafts("open")
-        return RunResult(totals, published, invoices, not problems, tuple(problems))
+        by_currency = store.db.execute(
+            "SELECT currency, count(*), sum(total) FROM invoice_drafts GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        return RunResult(
+            totals,
+            published,
+            invoices,
+            not problems,
+            tuple(problems),
+            accounts=len(catalog.accounts),
+            invoice_totals=tuple((c, int(n), Decimal(t)) for c, n, t in by_currency),
+        )
     finally:
         store.close()
 
@@ -250,6 +266,10 @@ def print_summary(result: RunResult, out_dir: str, stream: IO[str] = sys.stdout)
     )
     for problem in result.problems:
         stream.write(f"problem: {problem}\n")
+    stream.write(f"accounts in catalog: {result.accounts}\n")
+    for currency, count, total in result.invoice_totals:
+        exact = total.quantize(Decimal(1).scaleb(-minor_units(currency)))
+        stream.write(f"invoice totals {currency}: {count} drafts, {exact:,}\n")
     for name, value in result.summary().items():
         stream.write(f"{name}: {value}\n")
 
