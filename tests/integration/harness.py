@@ -114,3 +114,44 @@ def table(out: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 USAGE_TOTALS = "SELECT * FROM usage_totals ORDER BY ALL"
+
+
+def read_topic(bootstrap_servers: str, topic: str) -> list[Any]:
+    """Every record of a topic as read_committed readers see it (all partitions, to the end)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "test-reader",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    pending, found = set(partitions), []
+    try:
+        while pending:
+            for message in consumer.consume(10000, 2.0):
+                error = message.error()
+                if error is None:
+                    found.append(message)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+    finally:
+        consumer.close()
+    return found
+
+
+def after_lineage_guard(messages: list[Any]) -> list[Any]:
+    """What a reader applying the lineage guard keeps (drops replayed copies of aborted transactions)."""
+    from meterline.lineage import LINEAGE_HEADER, LineageGuard
+
+    guards: dict[int, LineageGuard] = {}
+    kept = []
+    for message in messages:
+        guard = guards.setdefault(message.partition(), LineageGuard())
+        if guard.admit(dict(message.headers() or []).get(LINEAGE_HEADER)):
+            kept.append(message)
+    return kept
