@@ -37,6 +37,7 @@ class Settings:
     metrics_port: int = 0  # 0 = no HTTP endpoint
     log_level: str = "info"
     partitions: int = 12  # used when meterline creates its topics
+    replication_factor: int = 1  # likewise; use 3 on a production cluster
     batch_size: int = 10000
     batch_timeout_s: float = 0.1
     raw_topics: tuple[RawTopic, ...] = (RawTopic("meterline.raw"),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -57,13 +58,27 @@ RECONCILIATION_ERRORS = Counter(
 READY = Gauge("meterline_ready", "1 once the process has restored its state and is processing", ["stage"])
 
 _healthy = threading.Event()
+_last_beat = [time.monotonic()]
+# A worker whose loop has not turned for this long is reported unhealthy (a hung
+# client, a stuck commit); restores beat too, so a long restore is not a hang.
+STALL_SECONDS = 120.0
 
 
 def set_healthy(value: bool = True) -> None:
     if value:
+        beat()
         _healthy.set()
     else:
         _healthy.clear()
+
+
+def beat() -> None:
+    """The main loop (or a restore) made progress."""
+    _last_beat[0] = time.monotonic()
+
+
+def healthy() -> bool:
+    return _healthy.is_set() and time.monotonic() - _last_beat[0] < STALL_SECONDS
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -71,7 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/metrics"):
             body, status, kind = generate_latest(), 200, CONTENT_TYPE_LATEST
         elif self.path.startswith("/healthz"):
-            ok = _healthy.is_set()
+            ok = healthy()
             body, status, kind = (b"ok\n" if ok else b"starting\n"), (200 if ok else 503), "text/plain"
         else:
             body, status, kind = b"not found\n", 404, "text/plain"

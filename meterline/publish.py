@@ -50,7 +50,11 @@ def parse_input(spec: str, default_format: str = "auto") -> InputFile:
 
 def create_topics(settings: Settings) -> None:
     admin = AdminClient(client_config(settings.bootstrap_servers, settings.kafka))
-    ensure_topics(admin, pipeline_topics([t.name for t in settings.raw_topics], settings.partitions))
+    ensure_topics(
+        admin,
+        pipeline_topics([t.name for t in settings.raw_topics], settings.partitions),
+        settings.replication_factor,
+    )
 
 
 def publish_catalog(settings: Settings, path: str | Path) -> int:

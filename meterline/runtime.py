@@ -19,6 +19,7 @@ transactions (which the embedded broker does not filter out).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections import Counter
@@ -145,6 +146,7 @@ class StageRunner:
         self._log.info("stage_started", inputs=self.input_topics, instance=s.instance_id)
         try:
             while not self._stopping and not should_stop():
+                metrics.beat()
                 self.processor.idle()
                 messages = self._consumer.consume(s.batch_size, s.batch_timeout_s)
                 records = self._records(messages)
@@ -339,6 +341,9 @@ class StageRunner:
             tp = (p.topic, p.partition)
             self.processor.release(tp)
             self._meta.pop(tp, None)
+            # Stop reporting lag for partitions this worker no longer owns.
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(self.stage, p.topic, str(p.partition))
         self._log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _restore(self, tps: list[TP]) -> dict[TP, int]:
@@ -405,5 +410,6 @@ class StageRunner:
                         chunk.setdefault(partition, []).append((key, message.value()))
                 for partition, entries in chunk.items():
                     self.processor.restore((input_topic, partition), iter(entries))
+                metrics.beat()
         finally:
             reader.close()

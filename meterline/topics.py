@@ -34,16 +34,21 @@ def pipeline_topics(raw_topics: list[str], partitions: int) -> dict[str, tuple[i
         topics[name] = (partitions, LOG)
     for name in (CONTRACTS, PERIODS):
         topics[name] = (1, COMPACTED)
-    topics[STATS] = (1, LOG)
+    # Progress records: only the latest per stage/partition matters, so compact.
+    topics[STATS] = (1, COMPACTED)
     for source in [*raw_topics, REPARTITION]:
         topics[changelog_topic(source, "mediation")] = (partitions, COMPACTED)
     topics[changelog_topic(MEDIATED, "rating")] = (partitions, COMPACTED)
     return topics
 
 
-def ensure_topics(admin: AdminClient, wanted: dict[str, tuple[int, dict[str, str]]]) -> None:
+def ensure_topics(
+    admin: AdminClient, wanted: dict[str, tuple[int, dict[str, str]]], replication_factor: int = 1
+) -> None:
     existing = set(admin.list_topics(timeout=10).topics)
-    missing = [NewTopic(n, p, 1, config=c) for n, (p, c) in wanted.items() if n not in existing]
+    missing = [
+        NewTopic(n, p, replication_factor, config=c) for n, (p, c) in wanted.items() if n not in existing
+    ]
     if not missing:
         return
     for name, future in admin.create_topics(missing, operation_timeout=10).items():
