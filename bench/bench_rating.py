@@ -158,21 +158,26 @@ def prepare(
     return catalog, mediated
 
 
+def _publish_mediated(settings: Settings, mediated: list[Record]) -> None:
+    """The prepared mediated records, same partitions and headers (the producer is gone on return)."""
+    producer = Producer(plain_producer_config(settings.bootstrap_servers, {}))
+    for partition, key, value, headers in mediated:
+        while True:
+            try:
+                producer.produce(MEDIATED, value=value, key=key, partition=partition, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120):
+        raise BenchError("could not publish the mediated records")
+
+
 def run_once(folder: Path, catalog: Path, mediated: list[Record], partitions: int, valid: int) -> Run:
     with EmbeddedBroker() as broker:
         settings = _settings(broker, partitions)
         create_topics(settings)
         publish_catalog(settings, catalog)
-        producer = Producer(plain_producer_config(settings.bootstrap_servers, {}))
-        for partition, key, value, headers in mediated:
-            while True:
-                try:
-                    producer.produce(MEDIATED, value=value, key=key, partition=partition, headers=headers)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        if producer.flush(120):
-            raise BenchError("could not publish the mediated records")
+        _publish_mediated(settings, mediated)
         workers = Workers(settings, folder, None)
         reader = StatsReader(settings.bootstrap_servers, {})
         expected = len(mediated)

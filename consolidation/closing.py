@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 import structlog
 
-from consolidation.invoice import InvoiceDraft, assemble_invoice
+from consolidation.invoice import InvoiceDraft, UsageTotal, assemble_invoice
 from consolidation.store import BillingStore
 from meterline import metrics
 from meterline.catalog import Catalog, period_bounds
@@ -27,15 +27,19 @@ def accounts_active_in(catalog: Catalog, period: str) -> list[str]:
 
 
 def build_drafts(
-    store: BillingStore, catalog: Catalog, period: str, accounts: Iterable[str], status: str
+    usage: Mapping[str, Sequence[UsageTotal]],
+    catalog: Catalog,
+    period: str,
+    accounts: Iterable[str],
+    status: str,
 ) -> list[InvoiceDraft]:
-    usage = store.usage_for(period)
+    """Assemble the drafts of `accounts` for `period` from their usage totals (pure)."""
     drafts = []
     for account_id in accounts:
         account = catalog.accounts.get(account_id)
         if account is None:
             continue
-        draft = assemble_invoice(account, catalog, period, usage.get(account_id, []), status)
+        draft = assemble_invoice(account, catalog, period, usage.get(account_id, ()), status)
         if draft is not None:
             drafts.append(draft)
     return drafts
@@ -51,8 +55,8 @@ def refresh_previews(
     written = 0
     for period, accounts in by_period.items():
         final = store.final_invoice_ids(period)
-        todo = [a for a in accounts if invoice_id_for(a, period) not in final]
-        drafts = build_drafts(store, catalog, period, todo, "open")
+        todo = sorted(a for a in accounts if invoice_id_for(a, period) not in final)
+        drafts = build_drafts(store.usage_for(period, todo), catalog, period, todo, "open")
         store.save_drafts(drafts, now)
         written += len(drafts)
     return written
@@ -61,15 +65,16 @@ def refresh_previews(
 def finalize_period(
     store: BillingStore, catalog: Catalog, period: str, now: datetime, account_id: str | None = None
 ) -> int:
-    """Mark the drafts of a period final (all accounts, or one) and export them to Parquet."""
+    """Mark the drafts of a period final (all accounts, or one) and export them to Parquet.
+
+    Idempotent: drafts already final are left alone and the Parquet export is
+    rewritten from the tables, so a close interrupted by a crash can simply run again.
+    """
     final = store.final_invoice_ids(period)
-    accounts = (
-        [account_id]
-        if account_id
-        else sorted(set(accounts_active_in(catalog, period)) | set(store.usage_for(period)))
-    )
+    usage = store.usage_for(period, None if account_id is None else [account_id])
+    accounts = [account_id] if account_id else sorted(set(accounts_active_in(catalog, period)) | set(usage))
     todo = [a for a in accounts if invoice_id_for(a, period) not in final]
-    drafts = build_drafts(store, catalog, period, todo, "final")
+    drafts = build_drafts(usage, catalog, period, todo, "final")
     store.save_drafts(drafts, now)
     store.export_final_invoices(period)
     reconcile_amounts(store, period)
@@ -92,7 +97,14 @@ def reconcile_amounts(store: BillingStore, period: str) -> list[tuple[str, str, 
            WHERE t.amount IS DISTINCT FROM r.amount OR t.events IS DISTINCT FROM r.events""",
         [period, period, period],
     ).fetchall()
-    for account_id, charge_id, _ in rows:
-        metrics.RECONCILIATION_ERRORS.labels("rated_amounts").inc()
-        log.error("reconciliation_mismatch", period=period, account=account_id, charge=charge_id)
+    if rows:
+        # One line for the whole period, not one per mismatch: a systematic error
+        # over 100,000 accounts must not turn into 100,000 log lines.
+        metrics.RECONCILIATION_ERRORS.labels("rated_amounts").inc(len(rows))
+        log.error(
+            "reconciliation_mismatch",
+            period=period,
+            mismatches=len(rows),
+            first=[f"{a}/{c}" for a, c, _ in rows[:10]],
+        )
     return [(a, c, p) for a, c, p in rows]

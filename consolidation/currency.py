@@ -11,8 +11,9 @@ truncated at some precision first, so no double rounding can move a cent.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from types import MappingProxyType
+from typing import Final
 
 from meterline.catalog import RoundingMode
 
@@ -71,9 +72,23 @@ def minor_units(currency: str) -> int:
         raise UnknownCurrencyError(currency) from None
 
 
+# quantize() rounds exactly once, in C; the precision only has to hold the result's digits.
+_QUANTIZE: Final = {
+    "half_even": Context(prec=1000, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation]),
+    "half_up": Context(prec=1000, rounding=ROUND_HALF_UP, traps=[InvalidOperation]),  # ties away from 0
+}
+_QUANTUM: Final = {decimals: Decimal(1).scaleb(-decimals) for decimals in range(5)}
+
+
 def round_money(amount: Decimal, currency: str, mode: RoundingMode) -> Decimal:
     """Round an exact amount to the currency's minor units (half_even or half_up, away from zero)."""
-    return round_money_ratio(amount, 1, currency, mode)
+    if not amount.is_finite():
+        raise ValueError(f"cannot round a non-finite amount: {amount}")
+    context = _QUANTIZE.get(mode)
+    if context is None:
+        raise ValueError(f"unknown rounding mode {mode!r}")
+    rounded = amount.quantize(_QUANTUM[minor_units(currency)], context=context)
+    return rounded if rounded else rounded.copy_abs()  # never a negative zero
 
 
 def round_money_ratio(numerator: Decimal, denominator: int, currency: str, mode: RoundingMode) -> Decimal:

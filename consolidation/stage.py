@@ -60,7 +60,8 @@ class Consolidator:
         self.clock = clock
         self._positions: dict[int, Position] = {}
         self._guards: dict[int, LineageGuard] = {}
-        self._dirty: set[tuple[str, str]] = set()
+        # Drafts to refresh at the next preview; after a crash, those whose usage moved on.
+        self._dirty: set[tuple[str, str]] = store.stale_previews()
         self._final: set[tuple[str, str]] = store.final_keys()
         self._stopping = False
         s = settings

@@ -10,7 +10,7 @@ instead of adding a second copy.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -221,21 +221,22 @@ class BillingStore:
                          event_count = usage_totals.event_count + excluded.event_count"""
                 )
                 db.unregister("batch_totals")
-            db.executemany(
-                """INSERT INTO consumer_positions VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,
-                     lineage = excluded.lineage, counts = excluded.counts""",
-                [
-                    (
-                        topic,
-                        p,
-                        pos.next_offset,
-                        orjson.dumps(pos.lineage).decode(),
-                        orjson.dumps(pos.counts).decode(),
-                    )
-                    for p, pos in positions.items()
-                ],
-            )
+            if positions:
+                db.executemany(
+                    """INSERT INTO consumer_positions VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,
+                         lineage = excluded.lineage, counts = excluded.counts""",
+                    [
+                        (
+                            topic,
+                            p,
+                            pos.next_offset,
+                            orjson.dumps(pos.lineage).decode(),
+                            orjson.dumps(pos.counts).decode(),
+                        )
+                        for p, pos in positions.items()
+                    ],
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -243,17 +244,26 @@ class BillingStore:
 
     # -- invoices ------------------------------------------------------------
 
-    def usage_for(self, period: str, account_id: str | None = None) -> dict[str, list[UsageTotal]]:
+    def usage_for(
+        self, period: str, accounts: Collection[str] | None = None
+    ) -> dict[str, list[UsageTotal]]:
+        """The usage totals of a period by account (all accounts, or only those given)."""
         query = (
             "SELECT account_id, period, contract_id, charge_id, meter, aggregate, amount_exact, event_count "
-            "FROM usage_totals WHERE period = ?"
+            "FROM usage_totals WHERE period = $period"
         )
-        params: list[Any] = [period]
-        if account_id is not None:
-            query += " AND account_id = ?"
-            params.append(account_id)
+        if accounts is not None:
+            wanted = pa.table({"account_id": pa.array(sorted(accounts), pa.string())})
+            self.db.register("wanted_accounts", wanted)
+            query += " AND account_id IN (SELECT account_id FROM wanted_accounts)"
+        try:
+            # Column-wise: one Arrow fetch instead of a Python tuple per row.
+            result = self.db.sql(query, params={"period": period}).to_arrow_table()
+        finally:
+            if accounts is not None:
+                self.db.unregister("wanted_accounts")
         usage: dict[str, list[UsageTotal]] = {}
-        for row in self.db.execute(query, params).fetchall():
+        for row in zip(*(_as_table(result).column(i).to_pylist() for i in range(8)), strict=True):
             usage.setdefault(row[0], []).append(UsageTotal(*row))
         return usage
 
@@ -295,25 +305,40 @@ class BillingStore:
         return {r[0] for r in rows}
 
     def save_drafts(self, drafts: Sequence[InvoiceDraft], generated_at: Any) -> None:
-        """Replace the rows of these drafts (one DuckDB transaction)."""
+        """Replace the rows of these drafts (one DuckDB transaction, set-based: no SQL per draft)."""
         if not drafts:
             return
         db = self.db
-        ids = [(d.invoice_id,) for d in drafts]
+        db.register("new_drafts", draft_table(drafts, generated_at))
+        db.register("new_lines", line_table(drafts))
         db.execute("BEGIN TRANSACTION")
         try:
-            db.executemany("DELETE FROM invoice_lines WHERE invoice_id = ?", ids)
-            db.executemany("DELETE FROM invoice_drafts WHERE invoice_id = ?", ids)
-            db.register("new_drafts", draft_table(drafts, generated_at))
-            db.register("new_lines", line_table(drafts))
+            db.execute("DELETE FROM invoice_lines WHERE invoice_id IN (SELECT invoice_id FROM new_drafts)")
+            db.execute("DELETE FROM invoice_drafts WHERE invoice_id IN (SELECT invoice_id FROM new_drafts)")
             db.execute("INSERT INTO invoice_drafts SELECT * FROM new_drafts")
             db.execute("INSERT INTO invoice_lines SELECT * FROM new_lines")
-            db.unregister("new_drafts")
-            db.unregister("new_lines")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        finally:
+            db.unregister("new_drafts")
+            db.unregister("new_lines")
+
+    def stale_previews(self) -> set[tuple[str, str]]:
+        """(account, period) pairs whose usage is newer than their draft, or that have none yet.
+
+        Previews are refreshed every preview interval from a set kept in memory; after
+        a crash that set is gone, so a restarted worker asks the tables instead.
+        """
+        rows = self.db.execute(
+            """SELECT u.account_id, u.period FROM usage_totals u
+               LEFT JOIN invoice_drafts d ON d.account_id = u.account_id AND d.period = u.period
+               GROUP BY ALL
+               HAVING count(d.invoice_id) = 0
+                   OR (any_value(d.status) = 'open' AND any_value(d.event_count) <> sum(u.event_count))"""
+        ).fetchall()
+        return {(a, p) for a, p in rows}
 
     def export_final_invoices(self, period: str) -> None:
         """Rewrite invoices/period=P/*.parquet from the final drafts of the period."""
@@ -336,53 +361,26 @@ def _as_table(result: Any) -> pa.Table:
 
 
 def draft_table(drafts: Sequence[InvoiceDraft], generated_at: Any) -> pa.Table:
-    return pa.Table.from_pylist(
-        [
-            {
-                "invoice_id": d.invoice_id,
-                "account_id": d.account_id,
-                "period": d.period,
-                "period_start": d.period_start,
-                "period_end": d.period_end,
-                "currency": d.currency,
-                "subtotal": d.subtotal,
-                "discount": d.discount,
-                "tax": d.tax,
-                "total": d.total,
-                "status": d.status,
-                "issue_date": d.issue_date,
-                "due_date": d.due_date,
-                "event_count": d.event_count,
-                "generated_at": generated_at,
-            }
-            for d in drafts
-        ],
-        schema=DRAFT_SCHEMA,
-    )
+    """The drafts as an Arrow table, built column by column (no dict per row)."""
+    columns: dict[str, list[Any]] = {
+        name: [getattr(d, name) for d in drafts] for name in DRAFT_SCHEMA.names if name != "generated_at"
+    }
+    columns["generated_at"] = [generated_at] * len(drafts)
+    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in DRAFT_SCHEMA}, schema=DRAFT_SCHEMA)
 
 
 def line_table(drafts: Sequence[InvoiceDraft]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [
-            {
-                "invoice_id": d.invoice_id,
-                "account_id": d.account_id,
-                "period": d.period,
-                "line_no": line.line_no,
-                "kind": line.kind,
-                "charge_id": line.charge_id,
-                "description": line.description,
-                "quantity": line.quantity,
-                "unit": line.unit,
-                "unit_price": line.unit_price,
-                "amount": line.amount,
-                "currency": d.currency,
-            }
-            for d in drafts
-            for line in d.lines
-        ],
-        schema=LINE_SCHEMA,
-    )
+    """The lines of the drafts as an Arrow table, in draft and line order."""
+    lines = [(d, line) for d in drafts for line in d.lines]
+    columns: dict[str, list[Any]] = {
+        "invoice_id": [d.invoice_id for d, _ in lines],
+        "account_id": [d.account_id for d, _ in lines],
+        "period": [d.period for d, _ in lines],
+        "currency": [d.currency for d, _ in lines],
+    }
+    for name in ("line_no", "kind", "charge_id", "description", "quantity", "unit", "unit_price", "amount"):
+        columns[name] = [getattr(line, name) for _, line in lines]
+    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in LINE_SCHEMA}, schema=LINE_SCHEMA)
 
 
 def write_parquet_atomically(table: pa.Table, path: Path) -> None:

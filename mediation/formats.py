@@ -94,6 +94,27 @@ def parse_record(
     return to_event(found, now)
 
 
+def account_of(raw: bytes, fmt: str, max_size: int = DEFAULT_MAX_SIZE) -> str | None:
+    """The account a raw record belongs to, or None if it has none readable.
+
+    Producers key raw records with it, so every copy of an event lands on one
+    partition and mediation can deduplicate without a repartition hop. A record
+    without a readable account is rejected by validation anyway, before dedup.
+    """
+    if len(raw) > max_size:
+        return None
+    try:
+        if fmt == "asterisk-csv":
+            found = _read_cdr(raw, {})
+        elif fmt in _JSON_FORMATS:
+            found = _read_json(raw, fmt, {})
+        else:
+            return None
+    except Rejected:
+        return None
+    return found.account_id or None
+
+
 def detect_format(doc: Mapping[str, object]) -> str:
     """The concrete format of a JSON record under `auto`, by its keys."""
     if "specversion" in doc:

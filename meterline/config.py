@@ -115,3 +115,27 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         elif key in _SCALARS:
             values[key] = _coerce(key, value, name)
     return Settings(kafka=kafka, **values)
+
+
+def settings_to_toml(settings: Settings) -> str:
+    """A meterline.toml that loads back as these settings (the run orchestrator hands it to its workers)."""
+
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [f"{name} = {value(getattr(settings, name))}" for name in _SCALARS]
+    for topic in settings.raw_topics:
+        lines += [
+            "",
+            "[[raw_topics]]",
+            f"name = {value(topic.name)}",
+            f"format = {value(topic.format)}",
+            f"keyed_by_account = {value(topic.keyed_by_account)}",
+        ]
+    if settings.kafka:
+        lines += ["", "[kafka]", *(f"{value(k)} = {value(v)}" for k, v in settings.kafka.items())]
+    return "\n".join(lines) + "\n"

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +28,7 @@ from consolidation.store import BillingStore
 from meterline.broker import EmbeddedBroker
 from meterline.catalog import Catalog
 from meterline.catalog_file import load_catalog
-from meterline.config import Settings
+from meterline.config import RawTopic, Settings, settings_to_toml
 from meterline.progress import StatsReader, Totals, drained
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
 from meterline.workers import STAGES
@@ -179,15 +180,24 @@ def run_pipeline(
     catalog = load_catalog(catalog_path)  # a bad catalog fails here, before anything starts
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    with EmbeddedBroker() as broker:
-        s = settings.with_overrides(bootstrap_servers=broker.bootstrap_servers, instance_id="run")
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="meterline-run-") as private:
+        # The run owns its raw topic and keys it by account as it publishes, so mediation
+        # deduplicates without the repartition hop.
+        raw = settings.raw_topics[0]
+        s = replace(
+            settings.with_overrides(bootstrap_servers=broker.bootstrap_servers, instance_id="run"),
+            raw_topics=(RawTopic(raw.name, raw.format, keyed_by_account=True),),
+        )
+        worker_config = Path(private) / "meterline.toml"  # may hold secrets: private folder, not DIR
+        worker_config.write_text(settings_to_toml(s))
+        worker_config.chmod(0o600)
         create_topics(s)
         publish_catalog(s, catalog_path)
-        workers = Workers(s, out, config)
+        workers = Workers(s, out, str(worker_config))
         try:
             for stage in STAGES:
                 workers.start(stage)
-            published = produce_inputs(s, list(inputs))
+            published = produce_inputs(s, list(inputs), key_by_account=True)
             totals = _wait_drained(s, workers, published, timeout_s)
         finally:
             workers.stop()

@@ -12,7 +12,7 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from mediation.formats import FORMATS
+from mediation.formats import FORMATS, account_of
 from meterline.catalog_file import catalog_entities, parse_catalog, read_catalog_document
 from meterline.config import Settings
 from meterline.kafka_config import client_config, plain_producer_config, transactional_producer_config
@@ -99,8 +99,14 @@ def produce_inputs(
     inputs: list[InputFile],
     topic: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    key_by_account: bool = False,
 ) -> int:
-    """Publish raw records, files in the order given; each carries its file's format."""
+    """Publish raw records, files in the order given; each carries its file's format.
+
+    With `key_by_account` each record is keyed by its account id (read the way
+    mediation reads it), so the raw topic can be declared `keyed_by_account` and
+    mediation skips the repartition hop.
+    """
     producer = Producer(plain_producer_config(settings.bootstrap_servers, settings.kafka))
     topic = topic or settings.raw_topics[0].name
     failures: list[Any] = []
@@ -113,9 +119,11 @@ def produce_inputs(
     for item in inputs:
         headers = [(FORMAT_HEADER, item.format.encode())]
         for record in read_records(item):
+            account = account_of(record, item.format) if key_by_account else None
+            key = account.encode() if account is not None else None
             while True:
                 try:
-                    producer.produce(topic, value=record, headers=headers, on_delivery=delivered)
+                    producer.produce(topic, value=record, key=key, headers=headers, on_delivery=delivered)
                     break
                 except BufferError:
                     producer.poll(0.05)

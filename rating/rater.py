@@ -18,11 +18,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from meterline.catalog import Catalog, Meter, Plan, zone
+from meterline.catalog import Catalog, Charge, Meter, Plan, zone
 from meterline.reasons import MISSING_FIELD, NO_MATCHING_CHARGE, UNKNOWN_ACCOUNT, UNKNOWN_METER, Rejected
 from meterline.records import RatedUsage, UsageEvent, invoice_id_for
-from rating.charges import select_charge
-from rating.pricing import ZERO, add_quantity, price_difference, round_event_quantity, schedule_for
+from rating.charges import filters_match
+from rating.pricing import (
+    ZERO,
+    PriceSchedule,
+    add_quantity,
+    price_difference,
+    round_event_quantity,
+    schedule_for,
+)
 
 # (account_id, contract_id, charge_id, period)
 AggregateKey = tuple[str, str, str, str]
@@ -103,12 +110,22 @@ def rate_batch(state: RatingState, events: Iterable[UsageEvent], catalog: Catalo
 class _Rater:
     """Rates events against one state and catalog, caching lookups for the batch."""
 
-    __slots__ = ("catalog", "invoice_ids", "new_unique_values", "previous", "prices", "state", "zones")
+    __slots__ = (
+        "candidates",
+        "catalog",
+        "invoice_ids",
+        "new_unique_values",
+        "previous",
+        "prices",
+        "state",
+        "zones",
+    )
 
     def __init__(self, state: RatingState, catalog: Catalog) -> None:
         self.state = state
         self.catalog = catalog
         self.zones: dict[str, ZoneInfo] = {}
+        self.candidates: dict[tuple[str, str], _Candidates] = {}
         self.invoice_ids: dict[tuple[str, str], str] = {}
         self.previous: dict[AggregateKey, Decimal | None] = {}
         self.new_unique_values: list[tuple[AggregateKey, str]] = []
@@ -118,13 +135,8 @@ class _Rater:
     def rate(self, event: UsageEvent) -> RatedUsage:
         meter = self._meter(event)
         plan = self._plan(event)
-        local_time = event.event_time.astimezone(self._zone(event))
-        charge = select_charge(plan, event, local_time)
-        if charge is None:
-            raise Rejected(
-                NO_MATCHING_CHARGE,
-                f"no charge of plan {plan.id!r} for meter {meter.code!r} matches event {event.event_id!r}",
-            )
+        zone = self._zone(event)
+        charge, schedule = self._charge(plan, event, zone)
         key: AggregateKey = (event.account_id, event.contract_id, charge.id, event.period)
         state = self.state
         stored = state.aggregates.get(key)
@@ -154,7 +166,6 @@ class _Rater:
                 after = before
 
         # A key's price before this event is usually the one computed for its previous event.
-        schedule = schedule_for(charge)
         known = self.prices.get(key)
         price_before = known[1] if known is not None and known[0] == before else schedule.price(before)
         price_after = price_before if after == before else schedule.price(after)
@@ -177,6 +188,21 @@ class _Rater:
             aggregate_before=before,
             aggregate_after=after,
             invoice_id=self._invoice_id(event.account_id, event.period),
+        )
+
+    def _charge(self, plan: Plan, event: UsageEvent, zone: ZoneInfo) -> tuple[Charge, PriceSchedule]:
+        """The first charge of the plan that matches the event (select_charge), with its schedule."""
+        found = self.candidates.get((plan.id, event.meter))
+        if found is None:
+            found = self.candidates[(plan.id, event.meter)] = _Candidates.of(plan, event.meter)
+        # The local time only matters to local_time filters: convert only when one is there.
+        local_time = event.event_time.astimezone(zone) if found.needs_local_time else event.event_time
+        for charge, schedule in found.charges:
+            if filters_match(charge.filters, event, local_time):
+                return charge, schedule
+        raise Rejected(
+            NO_MATCHING_CHARGE,
+            f"no charge of plan {plan.id!r} for meter {event.meter!r} matches event {event.event_id!r}",
         )
 
     def _meter(self, event: UsageEvent) -> Meter:
@@ -206,3 +232,16 @@ class _Rater:
         if found is None:
             found = self.invoice_ids[(account_id, period)] = invoice_id_for(account_id, period)
         return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidates:
+    """The charges of a plan for one meter, in plan order, with their price schedules."""
+
+    charges: tuple[tuple[Charge, PriceSchedule], ...]
+    needs_local_time: bool
+
+    @classmethod
+    def of(cls, plan: Plan, meter: str) -> _Candidates:
+        charges = tuple((c, schedule_for(c)) for c in plan.charges if c.meter == meter)
+        return cls(charges, any(c.filters.local_time is not None for c, _ in charges))

@@ -70,7 +70,9 @@ class RatingProcessor:
         by_partition: dict[TP, list[tuple[InputRecord, UsageEvent]]] = {}
         for record in records:
             tp = (record.topic, record.partition)
-            counts = result.counts.setdefault(tp, Counter())
+            counts = result.counts.get(tp)
+            if counts is None:
+                counts = result.counts[tp] = Counter()
             try:
                 event = decode_usage(record.value or b"")
             except SchemaError as exc:

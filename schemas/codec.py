@@ -1,12 +1,13 @@
 """Avro encoding of the inter-stage records, in the Confluent wire framing.
 
 magic byte 0 + 4-byte big-endian schema id (pinned in schemas/registry.json) +
-schemaless Avro body. Decimals travel as exact decimal text.
+schemaless Avro body. Decimals travel as exact decimal text. The body is written
+and read by schemas/binary.py (checked against fastavro in tests/schemas);
+`avro_schema()` gives the parsed .avsc files to tools and tests.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from decimal import Decimal
@@ -17,10 +18,13 @@ from typing import Any, Final
 import fastavro
 
 from meterline.records import RatedUsage, UsageEvent
+from schemas.binary import Reader, write_map, write_optional_string, write_string, write_timestamp
 
 MEDIATED_SCHEMA_ID: Final = 1
 RATED_SCHEMA_ID: Final = 2
 _HEADER = struct.Struct(">bI")
+_MEDIATED_HEADER = _HEADER.pack(0, MEDIATED_SCHEMA_ID)
+_RATED_HEADER = _HEADER.pack(0, RATED_SCHEMA_ID)
 
 
 class SchemaError(ValueError):
@@ -28,7 +32,7 @@ class SchemaError(ValueError):
 
 
 @cache
-def _schema(file: str) -> Any:
+def avro_schema(file: str) -> Any:
     text = resources.files("schemas").joinpath(file).read_text()
     return fastavro.parse_schema(json.loads(text))
 
@@ -40,98 +44,125 @@ def catalog_json_schema() -> dict[str, Any]:
     return loaded
 
 
-def _encode(schema_id: int, file: str, record: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    buffer.write(_HEADER.pack(0, schema_id))
-    fastavro.schemaless_writer(buffer, _schema(file), record)
-    return buffer.getvalue()
+def _event_body(event: UsageEvent) -> list[bytes]:
+    """The UsageEvent fields in schema order (usage_mediated.avsc)."""
+    return [
+        write_string(event.event_id),
+        write_string(event.account_id),
+        write_string(event.meter),
+        write_string(str(event.quantity)),
+        write_timestamp(event.event_time),
+        write_map(event.attributes),
+        write_optional_string(event.value),
+        write_string(event.source_format),
+        write_string(event.contract_id),
+        write_string(event.plan_id),
+        write_string(event.currency),
+        write_string(event.period),
+    ]
 
 
-def _decode(schema_id: int, file: str, data: bytes) -> dict[str, Any]:
+def _read_event(reader: Reader) -> UsageEvent:
+    return UsageEvent(
+        event_id=reader.string(),
+        account_id=reader.string(),
+        meter=reader.string(),
+        quantity=Decimal(reader.string()),
+        event_time=reader.timestamp(),
+        attributes=reader.map(),
+        value=reader.optional_string(),
+        source_format=reader.string(),
+        contract_id=reader.string(),
+        plan_id=reader.string(),
+        currency=reader.string(),
+        period=reader.string(),
+    )
+
+
+def _reader(data: bytes, schema_id: int) -> Reader:
     if len(data) < 5:
         raise SchemaError("value shorter than the 5-byte Confluent header")
-    magic, found = _HEADER.unpack_from(data)
-    if magic != 0 or found != schema_id:
+    if data[:5] != _HEADER.pack(0, schema_id):
+        magic, found = _HEADER.unpack_from(data)
         raise SchemaError(f"expected schema id {schema_id}, found magic {magic} id {found}")
-    try:
-        record: Any = fastavro.schemaless_reader(io.BytesIO(data[5:]), _schema(file), None)
-    except Exception as exc:  # fastavro raises assorted types on corrupt bodies
-        raise SchemaError(f"corrupt Avro body: {exc}") from exc
-    if not isinstance(record, dict):
-        raise SchemaError("Avro body is not a record")
-    return record
-
-
-def _event_fields(event: UsageEvent) -> dict[str, Any]:
-    return {
-        "event_id": event.event_id,
-        "account_id": event.account_id,
-        "meter": event.meter,
-        "quantity": str(event.quantity),
-        "event_time": event.event_time,
-        "attributes": dict(event.attributes),
-        "value": event.value,
-        "source_format": event.source_format,
-        "contract_id": event.contract_id,
-        "plan_id": event.plan_id,
-        "currency": event.currency,
-        "period": event.period,
-    }
-
-
-def _event_from(record: dict[str, Any]) -> UsageEvent:
-    return UsageEvent(
-        event_id=record["event_id"],
-        account_id=record["account_id"],
-        meter=record["meter"],
-        quantity=Decimal(record["quantity"]),
-        event_time=record["event_time"],
-        attributes=record["attributes"],
-        value=record["value"],
-        source_format=record["source_format"],
-        contract_id=record["contract_id"],
-        plan_id=record["plan_id"],
-        currency=record["currency"],
-        period=record["period"],
-    )
+    return Reader(data, 5)
 
 
 def encode_usage(event: UsageEvent) -> bytes:
-    return _encode(MEDIATED_SCHEMA_ID, "usage_mediated.avsc", _event_fields(event))
+    return b"".join([_MEDIATED_HEADER, *_event_body(event)])
 
 
 def decode_usage(data: bytes) -> UsageEvent:
-    return _event_from(_decode(MEDIATED_SCHEMA_ID, "usage_mediated.avsc", data))
+    reader = _reader(data, MEDIATED_SCHEMA_ID)
+    try:
+        event = _read_event(reader)
+    except (ValueError, UnicodeDecodeError, ArithmeticError) as exc:
+        raise SchemaError(f"corrupt Avro body: {exc}") from exc
+    if reader.pos != len(data):
+        raise SchemaError("trailing bytes after the record")
+    return event
 
 
 def encode_rated(rated: RatedUsage) -> bytes:
-    record = _event_fields(rated.event)
-    record.update(
-        charge_id=rated.charge_id,
-        model=rated.model,
-        rated_quantity=str(rated.quantity),
-        amount=str(rated.amount),
-        aggregate_before=str(rated.aggregate_before),
-        aggregate_after=str(rated.aggregate_after),
-        invoice_id=rated.invoice_id,
+    return b"".join(
+        [
+            _RATED_HEADER,
+            *_event_body(rated.event),
+            write_string(rated.charge_id),
+            write_string(rated.model),
+            write_string(str(rated.quantity)),
+            write_string(str(rated.amount)),
+            write_string(str(rated.aggregate_before)),
+            write_string(str(rated.aggregate_after)),
+            write_string(rated.invoice_id),
+        ]
     )
-    return _encode(RATED_SCHEMA_ID, "usage_rated.avsc", record)
+
+
+def decode_rated(data: bytes) -> RatedUsage:
+    reader = _reader(data, RATED_SCHEMA_ID)
+    try:
+        rated = RatedUsage(
+            event=_read_event(reader),
+            charge_id=reader.string(),
+            model=reader.string(),
+            quantity=Decimal(reader.string()),
+            amount=Decimal(reader.string()),
+            aggregate_before=Decimal(reader.string()),
+            aggregate_after=Decimal(reader.string()),
+            invoice_id=reader.string(),
+        )
+    except (ValueError, UnicodeDecodeError, ArithmeticError) as exc:
+        raise SchemaError(f"corrupt Avro body: {exc}") from exc
+    if reader.pos != len(data):
+        raise SchemaError("trailing bytes after the record")
+    return rated
+
+
+_RATED_FIELDS = (
+    "charge_id",
+    "model",
+    "rated_quantity",
+    "amount",
+    "aggregate_before",
+    "aggregate_after",
+    "invoice_id",
+)
+_EVENT_FIELDS = ("event_id", "account_id", "meter", "quantity")
 
 
 def decode_rated_record(data: bytes) -> dict[str, Any]:
     """The rated record as a plain dict (decimal fields still text): the sink works column-wise."""
-    return _decode(RATED_SCHEMA_ID, "usage_rated.avsc", data)
-
-
-def decode_rated(data: bytes) -> RatedUsage:
-    record = decode_rated_record(data)
-    return RatedUsage(
-        event=_event_from(record),
-        charge_id=record["charge_id"],
-        model=record["model"],
-        quantity=Decimal(record["rated_quantity"]),
-        amount=Decimal(record["amount"]),
-        aggregate_before=Decimal(record["aggregate_before"]),
-        aggregate_after=Decimal(record["aggregate_after"]),
-        invoice_id=record["invoice_id"],
-    )
+    reader = _reader(data, RATED_SCHEMA_ID)
+    try:
+        record: dict[str, Any] = {name: reader.string() for name in _EVENT_FIELDS}
+        record["event_time"] = reader.timestamp()
+        record["attributes"] = reader.map()
+        record["value"] = reader.optional_string()
+        for name in ("source_format", "contract_id", "plan_id", "currency", "period", *_RATED_FIELDS):
+            record[name] = reader.string()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"corrupt Avro body: {exc}") from exc
+    if reader.pos != len(data):
+        raise SchemaError("trailing bytes after the record")
+    return record
