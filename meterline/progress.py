@@ -76,13 +76,14 @@ class StatsReader:
         def consumed(c: Counter[str], *outcomes: str) -> int:
             return sum(c[o] for o in outcomes) + sum(v for k, v in c.items() if k.startswith("rejected."))
 
-        keyed, rating, cons = by["keyed"], by["rating"], by["consolidation"]
+        raw, keyed, rating, cons = by["raw"], by["keyed"], by["rating"], by["consolidation"]
         return Totals(
             events_in=by["raw"]["events_in"],
             forwarded=by["raw"]["forwarded"],
             keyed_consumed=consumed(keyed, "duplicates", "mediated"),
-            mediated=keyed["mediated"],
-            duplicates=keyed["duplicates"],
+            # A raw topic keyed by account is deduplicated in place: its outcomes count too.
+            mediated=keyed["mediated"] + raw["mediated"],
+            duplicates=keyed["duplicates"] + raw["duplicates"],
             rated=rating["rated"],
             rating_consumed=consumed(rating, "rated"),
             stored=cons["stored"],
