@@ -102,7 +102,8 @@ def main() -> None:
             ("memory per remembered key (tracemalloc)", f"{per_key:.1f} bytes (target <= 64)"),
             ("restore from changelog", f"{restore:.1f} s (target < 30 s)"),
         ],
-        "Keys are 16-byte BLAKE2b digests in a sorted numpy array per period plus a bounded set of recent keys;"
+        "Keys are 16-byte BLAKE2b digests in a sorted numpy array per period"
+        " plus a bounded set of recent keys;"
         " the changelog holds one block of concatenated digests per batch.",
     )
     if per_key > 64 or restore > 30:

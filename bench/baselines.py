@@ -1,0 +1,117 @@
+"""Same-run baselines: what the broker and a plain Python loop do with no billing logic.
+
+- raw produce: records/s a batched producer pushes into the embedded broker;
+- raw consume: records/s a consumer reads back (no processing);
+- plain loop: a hand-written batched consume -> JSON parse -> produce loop,
+  at-least-once, no state, no transactions: the ceiling a Python stage can hope for.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from meterline.topics import LOG, ensure_topics
+
+
+def _produce_all(bootstrap: str, topic: str, records: list[bytes], partitions: int) -> float:
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 2_000_000,
+            "queue.buffering.max.kbytes": 2_097_151,
+        }
+    )
+    started = time.perf_counter()
+    for i, value in enumerate(records):
+        while True:
+            try:
+                producer.produce(topic, value=value, partition=i % partitions)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(300)
+    return len(records) / (time.perf_counter() - started)
+
+
+def _consumer(bootstrap: str, group: str) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+            "fetch.wait.max.ms": 50,
+            "queued.min.messages": 200000,
+        }
+    )
+
+
+def raw_rates(bootstrap: str, records: list[bytes], partitions: int) -> tuple[float, float]:
+    """(produce records/s, consume records/s) on a fresh topic."""
+    topic = f"bench.raw.{time.monotonic_ns()}"
+    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), {topic: (partitions, LOG)})
+    produce = _produce_all(bootstrap, topic, records, partitions)
+    consumer = _consumer(bootstrap, f"bench-consume-{topic}")
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen, started = 0, None
+    while seen < len(records):
+        batch = consumer.consume(100_000, 1.0)
+        if started is None and batch:
+            started = time.perf_counter()
+        seen += sum(1 for m in batch if m.error() is None)
+    consumer.close()
+    return produce, seen / (time.perf_counter() - (started or time.perf_counter()))
+
+
+def plain_loop_rate(bootstrap: str, records: list[bytes], partitions: int) -> float:
+    """A batched consume -> orjson parse -> produce loop, at-least-once, timed from its first batch."""
+    source, sink = f"bench.loop.in.{time.monotonic_ns()}", f"bench.loop.out.{time.monotonic_ns()}"
+    ensure_topics(
+        AdminClient({"bootstrap.servers": bootstrap}), {source: (partitions, LOG), sink: (partitions, LOG)}
+    )
+    _produce_all(bootstrap, source, records, partitions)
+    consumer = _consumer(bootstrap, f"bench-loop-{source}")
+    consumer.subscribe([source])
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 2_000_000,
+        }
+    )
+    seen, started = 0, None
+    while seen < len(records):
+        batch = consumer.consume(10_000, 0.5)
+        if not batch:
+            continue
+        if started is None:
+            started = time.perf_counter()
+        for message in batch:
+            if message.error() is not None:
+                continue
+            seen += 1
+            try:
+                doc = orjson.loads(message.value())
+            except orjson.JSONDecodeError:
+                continue
+            key = str(doc.get("account_id", "")).encode() if isinstance(doc, dict) else None
+            while True:
+                try:
+                    producer.produce(sink, value=orjson.dumps(doc), key=key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.poll(0)
+        consumer.commit(asynchronous=True)
+    producer.flush(60)
+    consumer.close()
+    return len(records) / (time.perf_counter() - (started or time.perf_counter()))
