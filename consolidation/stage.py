@@ -26,7 +26,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from consolidation.closing import accounts_active_in, finalize_period, refresh_previews
-from consolidation.store import BillingStore, Position
+from consolidation.store import BillingStore, Position, RatedRows
 from meterline import metrics
 from meterline.catalog import period_bounds, period_start_instant
 from meterline.config import Settings
@@ -124,7 +124,7 @@ class Consolidator:
 
     def _batch(self, messages: list[Message]) -> None:
         started = time.perf_counter()
-        rows: dict[int, list[dict[str, Any]]] = {}
+        rows: dict[int, RatedRows] = {}
         offsets: dict[int, tuple[int, int]] = {}
         counts: dict[int, Counter[str]] = {}
         totals: dict[TotalKey, list[Any]] = {}
@@ -154,7 +154,10 @@ class Consolidator:
                 continue
             count["stored"] += 1
             amount = Decimal(record["amount"])
-            rows.setdefault(partition, []).append(_parquet_row(record, amount, partition, offset))
+            batch_rows = rows.get(partition)
+            if batch_rows is None:
+                batch_rows = rows[partition] = RatedRows()
+            batch_rows.append(record, partition, offset)
             key = (account, period, record["charge_id"], record["meter"], record["contract_id"])
             total = totals.get(key)
             if total is None:
@@ -271,26 +274,3 @@ class Consolidator:
                 )
         self._producer.flush(10)
 
-
-def _parquet_row(record: dict[str, Any], amount: Decimal, partition: int, offset: int) -> dict[str, Any]:
-    return {
-        "event_id": record["event_id"],
-        "account_id": record["account_id"],
-        "meter": record["meter"],
-        "charge_id": record["charge_id"],
-        "model": record["model"],
-        "contract_id": record["contract_id"],
-        "plan_id": record["plan_id"],
-        "event_time": record["event_time"],
-        "quantity": Decimal(record["quantity"]),
-        "rated_quantity": Decimal(record["rated_quantity"]),
-        "amount": amount,
-        "aggregate_before": Decimal(record["aggregate_before"]),
-        "aggregate_after": Decimal(record["aggregate_after"]),
-        "currency": record["currency"],
-        "invoice_id": record["invoice_id"],
-        "attributes": orjson.dumps(record["attributes"]).decode(),
-        "source_partition": partition,
-        "source_offset": offset,
-        "period": record["period"],
-    }

@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from consolidation.invoice import InvoiceDraft, UsageTotal
@@ -120,6 +121,48 @@ CREATE TABLE IF NOT EXISTS consumer_positions(
 """
 
 
+# Columns copied as they come from the decoded rated record (decimals as exact text).
+_RECORD_COLUMNS = tuple(
+    name for name in RATED_SCHEMA.names if name not in ("attributes", "source_partition", "source_offset")
+)
+
+
+class RatedRows:
+    """The rated records of one batch and partition, kept column by column.
+
+    Decimal fields stay text until Arrow casts a whole column to DECIMAL(38,18),
+    which is exact (a value that does not fit raises), so the sink builds no
+    Decimal or dict per event.
+    """
+
+    __slots__ = ("columns", "periods")
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {name: [] for name in RATED_SCHEMA.names}
+        self.periods: set[str] = set()
+
+    def append(self, record: dict[str, Any], partition: int, offset: int) -> None:
+        columns = self.columns
+        for name in _RECORD_COLUMNS:
+            columns[name].append(record[name])
+        columns["attributes"].append(orjson.dumps(record["attributes"]).decode())
+        columns["source_partition"].append(partition)
+        columns["source_offset"].append(offset)
+        self.periods.add(record["period"])
+
+    def __len__(self) -> int:
+        return len(self.columns["event_id"])
+
+    def table(self) -> pa.Table:
+        arrays = [
+            pc.cast(pa.array(self.columns[f.name], pa.string()), f.type)
+            if pa.types.is_decimal(f.type)
+            else pa.array(self.columns[f.name], f.type)
+            for f in RATED_SCHEMA
+        ]
+        return pa.Table.from_arrays(arrays, schema=RATED_SCHEMA)
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
     next_offset: int
@@ -173,16 +216,14 @@ class BillingStore:
 
     # -- one batch -----------------------------------------------------------
 
-    def write_rated_files(
-        self, partition: int, first: int, last: int, rows: Sequence[dict[str, Any]]
-    ) -> None:
-        by_period: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_period.setdefault(row["period"], []).append(row)
-        for period, items in by_period.items():
+    def write_rated_files(self, partition: int, first: int, last: int, rows: RatedRows) -> None:
+        """One file per period touched by the batch, named after the partition and offset range."""
+        table = rows.table()
+        periods = table.column("period")
+        for period in pc.unique(periods).to_pylist():
+            items = table if len(rows.periods) == 1 else table.filter(pc.equal(periods, period))
             folder = self.out / "rated_usage" / f"period={period}"
-            table = pa.Table.from_pylist(items, schema=RATED_SCHEMA)
-            write_parquet_atomically(table, folder / f"part-{partition:03d}-{first:012d}-{last:012d}.parquet")
+            write_parquet_atomically(items, folder / f"part-{partition:03d}-{first:012d}-{last:012d}.parquet")
 
     def apply_batch(
         self,

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mediation.dedup import SeenSet, dedup_key
-from mediation.enrich import dedup_bucket, enrich
+from mediation.enrich import dedup_bucket, enrich, local_time
 from mediation.formats import parse_record
 from meterline import metrics
+from meterline.catalog import Account
 from meterline.config import RawTopic, Settings
 from meterline.dlq import dead_letter_headers
 from meterline.lineage import LINEAGE_HEADER, lineage_value
@@ -197,15 +198,18 @@ class MediationProcessor:
         catalog = self.contracts.catalog
         counts = result.counts[tp]
         keys = [dedup_key(i.event.account_id, i.event.event_id) for i in items]
-        buckets = [dedup_bucket(i.event, catalog) for i in items]
+        located = [local_time(i.event, catalog) for i in items]
+        buckets = [dedup_bucket(local) for _, local in located]
         verdicts = self.seen.setdefault(tp, SeenSet()).admit(keys, buckets)
         new_keys: dict[str, list[bytes]] = {}
-        for item, key, bucket, new in zip(items, keys, buckets, verdicts, strict=True):
+        for item, key, bucket, new, (account, local) in zip(
+            items, keys, buckets, verdicts, located, strict=True
+        ):
             if not new:
                 counts["duplicates"] += 1
                 continue
             new_keys.setdefault(bucket, []).append(key)
-            self._enrich_one(item, counts, result)
+            self._enrich_one(item, account, local, counts, result)
         if verdicts.count(False):
             metrics.DEDUPLICATED.labels(STAGE).inc(verdicts.count(False))
         last = str(items[-1].record.offset).encode()
@@ -216,10 +220,17 @@ class MediationProcessor:
             changelog.append((block_key, b"".join(block)))
             blocks.setdefault(bucket, []).append(block_key)
 
-    def _enrich_one(self, item: _Keyed, counts: Counter[str], result: BatchResult) -> None:
+    def _enrich_one(
+        self,
+        item: _Keyed,
+        account: Account | None,
+        local: datetime,
+        counts: Counter[str],
+        result: BatchResult,
+    ) -> None:
         record = item.record
         try:
-            enriched = enrich(item.event, self.contracts.catalog)
+            enriched = enrich(item.event, self.contracts.catalog, account, local)
             if self.periods.is_closed(enriched.account_id, enriched.period):
                 raise Rejected(PERIOD_CLOSED, f"period {enriched.period} of {enriched.account_id!r} is final")
         except Rejected as rejection:

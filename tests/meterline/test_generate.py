@@ -200,7 +200,7 @@ def test_duplicates_are_exact_resends_of_earlier_events(catalog_doc: dict[str, A
 def test_mediation_and_rating_see_the_planned_outcomes(catalog_doc: dict[str, Any], catalog: Catalog) -> None:
     """Every valid event is rated; duplicates and bad records are counted as planned."""
     from mediation.dedup import dedup_key
-    from mediation.enrich import enrich
+    from mediation.enrich import enrich, local_time
     from mediation.formats import parse_record
     from rating.charges import select_charge
 
@@ -215,7 +215,7 @@ def test_mediation_and_rating_see_the_planned_outcomes(catalog_doc: dict[str, An
                 outcomes["duplicates"] += 1
                 continue
             seen.add(key)
-            event = enrich(event, catalog)
+            event = enrich(event, catalog, *local_time(event, catalog))
         except Rejected as rejected:
             outcomes[f"rejected.{rejected.reason}"] += 1
             continue
