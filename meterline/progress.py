@@ -22,6 +22,7 @@ from meterline.topics import STATS
 @dataclass(frozen=True, slots=True)
 class Totals:
     events_in: int
+    raw_outcomes: int  # raw records mediation has finished with: forwarded, rejected, or deduplicated in place
     forwarded: int
     keyed_consumed: int
     mediated: int
@@ -78,8 +79,9 @@ class StatsReader:
 
         raw, keyed, rating, cons = by["raw"], by["keyed"], by["rating"], by["consolidation"]
         return Totals(
-            events_in=by["raw"]["events_in"],
-            forwarded=by["raw"]["forwarded"],
+            events_in=raw["events_in"],
+            raw_outcomes=consumed(raw, "forwarded", "mediated", "duplicates"),
+            forwarded=raw["forwarded"],
             keyed_consumed=consumed(keyed, "duplicates", "mediated"),
             # A raw topic keyed by account is deduplicated in place: its outcomes count too.
             mediated=keyed["mediated"] + raw["mediated"],
@@ -99,6 +101,7 @@ def drained(totals: Totals, published: int) -> bool:
     """Every published record has reached its end: rejected, duplicate, or stored."""
     return (
         totals.events_in >= published
+        and totals.raw_outcomes >= totals.events_in
         and totals.keyed_consumed >= totals.forwarded
         and totals.rating_consumed >= totals.mediated
         and totals.consolidation_consumed >= totals.rated

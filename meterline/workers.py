@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 from types import FrameType
 
@@ -55,6 +56,7 @@ def run_worker(stage: str, settings: Settings) -> None:
             consolidator.run()
         finally:
             store.close()
+            log_peak_memory(stage)
         return
     if stage == "mediation":
         admin = AdminClient(client_config(settings.bootstrap_servers, settings.kafka))
@@ -69,4 +71,13 @@ def run_worker(stage: str, settings: Settings) -> None:
     else:
         runner = StageRunner(RatingProcessor(contracts, periods), settings, [MEDIATED])
     runner.install_signal_handlers()
-    runner.run()
+    try:
+        runner.run()
+    finally:
+        log_peak_memory(stage)
+
+
+def log_peak_memory(stage: str) -> None:
+    """The worker's peak resident memory, logged at exit (benchmarks read it from the log)."""
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    structlog.get_logger().info("worker_stopped", stage=stage, peak_rss_mb=round(peak_kib / 1024, 1))
