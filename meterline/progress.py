@@ -22,7 +22,7 @@ from meterline.topics import STATS
 @dataclass(frozen=True, slots=True)
 class Totals:
     events_in: int
-    raw_outcomes: int  # raw records mediation has finished with: forwarded, rejected, or deduplicated in place
+    raw_outcomes: int  # raw records mediation is done with: forwarded, rejected, deduplicated in place
     forwarded: int
     keyed_consumed: int
     mediated: int
