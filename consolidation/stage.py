@@ -39,7 +39,9 @@ from meterline.topics import PERIODS, RATED, REJECTED, STATS
 from schemas.codec import SchemaError, decode_rated_record
 
 STAGE = "consolidation"
-log = structlog.get_logger().bind(stage=STAGE)
+# Unbound: the worker binds `stage` through contextvars once logging is configured (a
+# logger bound at import time would keep structlog's default console renderer).
+log = structlog.get_logger()
 
 TotalKey = tuple[str, str, str, str, str]  # account, period, charge, meter, contract
 

@@ -233,11 +233,12 @@ def _finish(
         periods = _month_range(with_usage[0], with_usage[-1]) if with_usage else []
         problems: list[str] = []
         for period in periods:
-            refresh_previews(store, catalog, [(a, period) for a in accounts_active_in(catalog, period)], now)
-            if close_all:
+            if close_all:  # closing builds every draft of the period itself
                 finalize_period(store, catalog, period, now)
                 store.mark_close_done(period, None)
                 publish_close(settings, period)
+            else:
+                refresh_previews(store, catalog, [(a, period) for a in accounts_active_in(catalog, period)], now)
             problems += [
                 f"{p}: {a}/{c} rated amounts differ from usage_totals"
                 for a, c, p in reconcile_amounts(store, period)
