@@ -238,7 +238,8 @@ def _finish(
                 store.mark_close_done(period, None)
                 publish_close(settings, period)
             else:
-                refresh_previews(store, catalog, [(a, period) for a in accounts_active_in(catalog, period)], now)
+                active = accounts_active_in(catalog, period)
+                refresh_previews(store, catalog, [(a, period) for a in active], now)
             problems += [
                 f"{p}: {a}/{c} rated amounts differ from usage_totals"
                 for a, c, p in reconcile_amounts(store, period)
