@@ -79,5 +79,10 @@ def run_worker(stage: str, settings: Settings) -> None:
 
 def log_peak_memory(stage: str) -> None:
     """The worker's peak resident memory, logged at exit (benchmarks read it from the log)."""
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    structlog.get_logger().info("worker_stopped", stage=stage, peak_rss_mb=round(peak_kib / 1024, 1))
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # ru_maxrss is in KiB on Linux
+    structlog.get_logger().info(
+        "worker_stopped",
+        stage=stage,
+        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+        cpu_seconds=round(usage.ru_utime + usage.ru_stime, 2),
+    )
