@@ -63,19 +63,24 @@ def _event_body(event: UsageEvent) -> list[bytes]:
 
 
 def _read_event(reader: Reader) -> UsageEvent:
+    event_id, account_id, meter, quantity = reader.strings(4)
+    event_time = reader.timestamp()
+    attributes = reader.map()
+    value = reader.optional_string()
+    source_format, contract_id, plan_id, currency, period = reader.strings(5)
     return UsageEvent(
-        event_id=reader.string(),
-        account_id=reader.string(),
-        meter=reader.string(),
-        quantity=Decimal(reader.string()),
-        event_time=reader.timestamp(),
-        attributes=reader.map(),
-        value=reader.optional_string(),
-        source_format=reader.string(),
-        contract_id=reader.string(),
-        plan_id=reader.string(),
-        currency=reader.string(),
-        period=reader.string(),
+        event_id,
+        account_id,
+        meter,
+        Decimal(quantity),
+        event_time,
+        attributes,
+        value,
+        source_format,
+        contract_id,
+        plan_id,
+        currency,
+        period,
     )
 
 
@@ -96,7 +101,7 @@ def decode_usage(data: bytes) -> UsageEvent:
     reader = _reader(data, MEDIATED_SCHEMA_ID)
     try:
         event = _read_event(reader)
-    except (ValueError, UnicodeDecodeError, ArithmeticError) as exc:
+    except (ValueError, ArithmeticError) as exc:
         raise SchemaError(f"corrupt Avro body: {exc}") from exc
     if reader.pos != len(data):
         raise SchemaError("trailing bytes after the record")
@@ -122,17 +127,19 @@ def encode_rated(rated: RatedUsage) -> bytes:
 def decode_rated(data: bytes) -> RatedUsage:
     reader = _reader(data, RATED_SCHEMA_ID)
     try:
+        event = _read_event(reader)
+        charge_id, model, quantity, amount, before, after, invoice_id = reader.strings(7)
         rated = RatedUsage(
-            event=_read_event(reader),
-            charge_id=reader.string(),
-            model=reader.string(),
-            quantity=Decimal(reader.string()),
-            amount=Decimal(reader.string()),
-            aggregate_before=Decimal(reader.string()),
-            aggregate_after=Decimal(reader.string()),
-            invoice_id=reader.string(),
+            event,
+            charge_id,
+            model,
+            Decimal(quantity),
+            Decimal(amount),
+            Decimal(before),
+            Decimal(after),
+            invoice_id,
         )
-    except (ValueError, UnicodeDecodeError, ArithmeticError) as exc:
+    except (ValueError, ArithmeticError) as exc:
         raise SchemaError(f"corrupt Avro body: {exc}") from exc
     if reader.pos != len(data):
         raise SchemaError("trailing bytes after the record")
@@ -149,19 +156,19 @@ _RATED_FIELDS = (
     "invoice_id",
 )
 _EVENT_FIELDS = ("event_id", "account_id", "meter", "quantity")
+_TAIL_FIELDS = ("source_format", "contract_id", "plan_id", "currency", "period", *_RATED_FIELDS)
 
 
 def decode_rated_record(data: bytes) -> dict[str, Any]:
     """The rated record as a plain dict (decimal fields still text): the sink works column-wise."""
     reader = _reader(data, RATED_SCHEMA_ID)
     try:
-        record: dict[str, Any] = {name: reader.string() for name in _EVENT_FIELDS}
+        record: dict[str, Any] = dict(zip(_EVENT_FIELDS, reader.strings(4), strict=True))
         record["event_time"] = reader.timestamp()
         record["attributes"] = reader.map()
         record["value"] = reader.optional_string()
-        for name in ("source_format", "contract_id", "plan_id", "currency", "period", *_RATED_FIELDS):
-            record[name] = reader.string()
-    except (ValueError, UnicodeDecodeError) as exc:
+        record.update(zip(_TAIL_FIELDS, reader.strings(len(_TAIL_FIELDS)), strict=True))
+    except ValueError as exc:
         raise SchemaError(f"corrupt Avro body: {exc}") from exc
     if reader.pos != len(data):
         raise SchemaError("trailing bytes after the record")
