@@ -388,7 +388,7 @@ class StageRunner:
             reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
             while pending:
                 chunk: dict[int, list[tuple[bytes, bytes | None]]] = {}
-                for message in reader.consume(50000, 1.0):
+                for message in reader.consume(50000, 0.1):
                     error = message.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:

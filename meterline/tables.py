@@ -42,7 +42,7 @@ class CompactedTable:
         pending = set(self._partitions)
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
-            for message in self._consumer.consume(10000, 0.5):
+            for message in self._consumer.consume(10000, 0.1):
                 error = message.error()
                 if error is None:
                     self._apply(message.key(), message.value())

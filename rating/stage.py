@@ -16,7 +16,7 @@ from meterline.runtime import TP, BatchResult, InputRecord, OutputRecord
 from meterline.tables import ContractsTable, PeriodsTable
 from meterline.topics import RATED, REJECTED
 from rating.rater import AggregateKey, RatingState, rate_batch
-from schemas.codec import SchemaError, decode_usage, encode_rated
+from schemas.codec import SchemaError, decode_usage, encode_rated_after
 
 STAGE = "rating"
 RAW_HEADER = "ml.raw"
@@ -102,7 +102,8 @@ class RatingProcessor:
                 result.outputs.append(
                     OutputRecord(
                         RATED,
-                        encode_rated(rated),
+                        # The mediated bytes are the rated record's first fields: append, don't re-encode.
+                        encode_rated_after(record.value or b"", rated),
                         record.key,
                         record.partition,
                         [(LINEAGE_HEADER, lineage_value(record.topic, record.partition, record.offset))],

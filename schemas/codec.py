@@ -124,6 +124,28 @@ def encode_rated(rated: RatedUsage) -> bytes:
     )
 
 
+def encode_rated_after(mediated: bytes, rated: RatedUsage) -> bytes:
+    """encode_rated for an event still in its mediated encoding.
+
+    usage_rated.avsc starts with the fields of usage_mediated.avsc, and an Avro
+    record is its fields one after another, so the mediated body (checked by
+    decode_usage to hold exactly one record) is reused as it is.
+    """
+    return b"".join(
+        [
+            _RATED_HEADER,
+            mediated[5:],
+            write_string(rated.charge_id),
+            write_string(rated.model),
+            write_string(str(rated.quantity)),
+            write_string(str(rated.amount)),
+            write_string(str(rated.aggregate_before)),
+            write_string(str(rated.aggregate_after)),
+            write_string(rated.invoice_id),
+        ]
+    )
+
+
 def decode_rated(data: bytes) -> RatedUsage:
     reader = _reader(data, RATED_SCHEMA_ID)
     try:

@@ -20,6 +20,7 @@ from schemas.codec import (
     decode_rated_record,
     decode_usage,
     encode_rated,
+    encode_rated_after,
     encode_usage,
 )
 
@@ -89,6 +90,7 @@ def test_rated_usage_round_trips_and_fastavro_agrees(rated: RatedUsage) -> None:
     assert record["invoice_id"] == rated.invoice_id
     assert decode_rated_record(data)["amount"] == record["amount"]
     assert fastavro_bytes("usage_rated.avsc", data[:5], record) == data
+    assert encode_rated_after(encode_usage(rated.event), rated) == data
 
 
 def test_long_values_and_big_maps_use_multi_byte_varints() -> None:
