@@ -164,6 +164,41 @@ def latency(
     return delays[len(delays) // 2], delays[int(len(delays) * 0.99)], len(delays)
 
 
+def restore_after_kill(folder: Path, catalog: Path, events: Path, total: int) -> dict[str, float]:
+    """SIGKILL mediation and rating once the stream is rated, restart them, read their restore times."""
+    with EmbeddedBroker() as broker:
+        out = folder / f"restore-{time.monotonic_ns()}"
+        pipeline = LivePipeline(broker, out, partitions=PARTITIONS)
+        try:
+            pipeline.publish(catalog, events)
+            pipeline.start("mediation", "rating")
+            pipeline.wait_until(lambda t: t.events_in == total and t.rating_consumed >= t.mediated > 0, 7200)
+            for stage in ("mediation", "rating"):
+                pipeline.kill(stage)
+            logs = {
+                stage: (out / "logs" / f"{stage}.log").read_text().count("\n")
+                for stage in ("mediation", "rating")
+            }
+            pipeline.start("mediation", "rating")
+            time.sleep(5)
+            pipeline.wait_until(
+                lambda t: all(
+                    '"state_restored"'
+                    in "".join((out / "logs" / f"{s}.log").read_text().splitlines()[logs[s] :])
+                    for s in logs
+                ),
+                600,
+            )
+        finally:
+            pipeline.stop()
+    seconds: dict[str, float] = {}
+    for stage, skip in logs.items():
+        for line in (out / "logs" / f"{stage}.log").read_text().splitlines()[skip:]:
+            if '"state_restored"' in line:
+                seconds[stage] = seconds.get(stage, 0.0) + json.loads(line)["seconds"]
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,6 +229,7 @@ def main() -> None:
             e2e.append(rate)
             rss = {k: max(v, rss.get(k, 0.0)) for k, v in peaks.items()}
         e2e_median = sorted(e2e)[len(e2e) // 2]
+        restores = restore_after_kill(folder, catalog, events, total) if args.full else {}
         p50, p99, measured = latency(
             folder, catalog, events, rate=e2e_median / 2, seconds=20 if args.full else 10
         )
@@ -209,6 +245,10 @@ def main() -> None:
             f"{p50 * 1000:,.0f} ms / {p99 * 1000:,.0f} ms ({measured:,} events)",
         ),
         *[(f"peak RSS, {stage}", f"{mb:,.0f} MB") for stage, mb in sorted(rss.items())],
+        *[
+            (f"state restore after SIGKILL at {total:,} events, {stage}", f"{sec:.1f} s")
+            for stage, sec in sorted(restores.items())
+        ],
     ]
     title = f"Suite ({'full' if args.full else 'quick'}): {total:,} events, {ACCOUNTS} accounts"
     record(
