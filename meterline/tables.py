@@ -72,12 +72,11 @@ class CompactedTable:
         self._consumer.close()
 
 
-class ContractsTable:
-    """The contract catalog as published to `meterline.contracts`."""
+class _DerivedTable:
+    """A view rebuilt from a CompactedTable whenever the topic brings something new."""
 
     def __init__(self, table: CompactedTable) -> None:
         self._table = table
-        self.catalog = Catalog.empty()
 
     def load(self) -> None:
         self._table.load()
@@ -90,6 +89,17 @@ class ContractsTable:
         return False
 
     def _rebuild(self) -> None:
+        raise NotImplementedError
+
+
+class ContractsTable(_DerivedTable):
+    """The contract catalog as published to `meterline.contracts`."""
+
+    def __init__(self, table: CompactedTable) -> None:
+        super().__init__(table)
+        self.catalog = Catalog.empty()
+
+    def _rebuild(self) -> None:
         entities: list[Any] = [orjson.loads(v) for v in self._table.values.values()]
         try:
             self.catalog = parse_catalog(document_from_entities(entities), source="meterline.contracts")
@@ -98,26 +108,16 @@ class ContractsTable:
             log.error("catalog_rejected", topic=self._table.topic, error=str(exc))
 
 
-class PeriodsTable:
+class PeriodsTable(_DerivedTable):
     """Closed billing periods as published to `meterline.periods`.
 
     Key `YYYY-MM` closes a period for every account, `YYYY-MM/<account>` for one.
     """
 
     def __init__(self, table: CompactedTable) -> None:
-        self._table = table
+        super().__init__(table)
         self.closed_all: set[str] = set()
         self.closed_accounts: set[tuple[str, str]] = set()
-
-    def load(self) -> None:
-        self._table.load()
-        self._rebuild()
-
-    def poll(self) -> bool:
-        if self._table.poll():
-            self._rebuild()
-            return True
-        return False
 
     def _rebuild(self) -> None:
         self.closed_all = set()

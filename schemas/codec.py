@@ -108,20 +108,21 @@ def decode_usage(data: bytes) -> UsageEvent:
     return event
 
 
+def _rated_tail(rated: RatedUsage) -> list[bytes]:
+    """The fields usage_rated.avsc adds after those of usage_mediated.avsc."""
+    return [
+        write_string(rated.charge_id),
+        write_string(rated.model),
+        write_string(str(rated.quantity)),
+        write_string(str(rated.amount)),
+        write_string(str(rated.aggregate_before)),
+        write_string(str(rated.aggregate_after)),
+        write_string(rated.invoice_id),
+    ]
+
+
 def encode_rated(rated: RatedUsage) -> bytes:
-    return b"".join(
-        [
-            _RATED_HEADER,
-            *_event_body(rated.event),
-            write_string(rated.charge_id),
-            write_string(rated.model),
-            write_string(str(rated.quantity)),
-            write_string(str(rated.amount)),
-            write_string(str(rated.aggregate_before)),
-            write_string(str(rated.aggregate_after)),
-            write_string(rated.invoice_id),
-        ]
-    )
+    return b"".join([_RATED_HEADER, *_event_body(rated.event), *_rated_tail(rated)])
 
 
 def encode_rated_after(mediated: bytes, rated: RatedUsage) -> bytes:
@@ -131,19 +132,7 @@ def encode_rated_after(mediated: bytes, rated: RatedUsage) -> bytes:
     record is its fields one after another, so the mediated body (checked by
     decode_usage to hold exactly one record) is reused as it is.
     """
-    return b"".join(
-        [
-            _RATED_HEADER,
-            mediated[5:],
-            write_string(rated.charge_id),
-            write_string(rated.model),
-            write_string(str(rated.quantity)),
-            write_string(str(rated.amount)),
-            write_string(str(rated.aggregate_before)),
-            write_string(str(rated.aggregate_after)),
-            write_string(rated.invoice_id),
-        ]
-    )
+    return b"".join([_RATED_HEADER, mediated[5:], *_rated_tail(rated)])
 
 
 def decode_rated(data: bytes) -> RatedUsage:
