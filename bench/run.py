@@ -38,7 +38,7 @@ from meterline.generate import planned_counts
 from meterline.publish import InputFile, read_records
 from meterline.topics import RATED, RAW
 from schemas.codec import decode_rated_record
-from tests.integration.harness import LivePipeline, write_dataset
+from tests.integration.harness import LivePipeline, meterline_run, write_dataset
 
 ACCOUNTS = 1000
 PARTITIONS = 12
@@ -50,28 +50,10 @@ def end_to_end(folder: Path, catalog: Path, events: Path, total: int) -> tuple[f
     out = folder / f"e2e-{time.monotonic_ns()}"
     summary = out / "summary.json"
     started = time.monotonic()
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meterline",
-            "run",
-            "--catalog",
-            str(catalog),
-            "--input",
-            f"json:{events}",
-            "--out",
-            str(out),
-            "--close-all",
-            "--summary-json",
-            str(summary),
-            "--partitions",
-            str(PARTITIONS),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=7200,
-    )
+    completed = meterline_run(
+        catalog, f"json:{events}", out, "--close-all", "--summary-json", str(summary),
+        partitions=PARTITIONS, timeout=7200,
+    )  # fmt: skip
     elapsed = time.monotonic() - started
     if completed.returncode != 0:
         raise BenchmarkFailed(f"meterline run failed: {completed.stdout[-2000:]} {completed.stderr[-2000:]}")

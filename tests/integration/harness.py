@@ -81,27 +81,20 @@ class LivePipeline:
         self.reader.close()
 
 
+def meterline_run(
+    catalog: Path, inputs: str, out: Path, *options: str, partitions: int = 4, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """`meterline run` in its own process (its own embedded broker); `inputs` is one `[FORMAT:]FILE`."""
+    return subprocess.run(
+        [sys.executable, "-m", "meterline", "run", "--catalog", str(catalog), "--input", inputs,
+         "--out", str(out), "--partitions", str(partitions), *options],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 def run_reference(catalog: Path, events: Path, out: Path) -> None:
     """The same input through `meterline run` with nothing killed."""
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meterline",
-            "run",
-            "--catalog",
-            str(catalog),
-            "--input",
-            f"json:{events}",
-            "--out",
-            str(out),
-            "--partitions",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    completed = meterline_run(catalog, f"json:{events}", out)
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,7 +26,7 @@ from consolidation.closing import accounts_active_in
 from meterline.broker import EmbeddedBroker
 from meterline.catalog_file import load_catalog
 from meterline.publish import InputFile, produce_inputs, publish_close
-from tests.integration.harness import LivePipeline, table, write_dataset
+from tests.integration.harness import LivePipeline, meterline_run, table, write_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -58,27 +56,8 @@ def reference(
     catalog, events = dataset
     folder = tmp_path_factory.mktemp("reference")
     out, summary = folder / "out", folder / "summary.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meterline",
-            "run",
-            "--catalog",
-            str(catalog),
-            "--input",
-            f"json:{events}",
-            "--out",
-            str(out),
-            "--close-all",
-            "--summary-json",
-            str(summary),
-            "--partitions",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    completed = meterline_run(
+        catalog, f"json:{events}", out, "--close-all", "--summary-json", str(summary), partitions=4
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return out, json.loads(summary.read_text())

@@ -4,14 +4,14 @@ invoice lines computed by hand (flat charges, two accounts, two periods)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+
+from tests.integration.harness import meterline_run
 
 pytestmark = pytest.mark.integration
 
@@ -69,28 +69,10 @@ EXPECTED_SUMMARY = {
 @pytest.fixture(scope="module")
 def run_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("flat")
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meterline",
-            "run",
-            "--catalog",
-            str(DATA / "catalog.yaml"),
-            "--input",
-            f"json:{DATA / 'events.jsonl'}",
-            "--out",
-            str(out / "out"),
-            "--close-all",
-            "--summary-json",
-            str(out / "summary.json"),
-            "--partitions",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    completed = meterline_run(
+        DATA / "catalog.yaml", f"json:{DATA / 'events.jsonl'}", out / "out",
+        "--close-all", "--summary-json", str(out / "summary.json"), partitions=3, timeout=300,
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "events_in: 24" in completed.stdout
     return out
