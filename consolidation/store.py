@@ -10,7 +10,7 @@ instead of adding a second copy.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -285,9 +285,7 @@ class BillingStore:
 
     # -- invoices ------------------------------------------------------------
 
-    def usage_for(
-        self, period: str, accounts: Collection[str] | None = None
-    ) -> dict[str, list[UsageTotal]]:
+    def usage_for(self, period: str, accounts: Collection[str] | None = None) -> dict[str, list[UsageTotal]]:
         """The usage totals of a period by account (all accounts, or only those given)."""
         query = (
             "SELECT account_id, period, contract_id, charge_id, meter, aggregate, amount_exact, event_count "
@@ -328,6 +326,14 @@ class BillingStore:
     def count_drafts(self, status: str) -> int:
         row = self.db.execute("SELECT count(*) FROM invoice_drafts WHERE status = ?", [status]).fetchone()
         return int(row[0]) if row else 0
+
+    def save_run_counts(self, counts: dict[str, int], rejected: Mapping[str, int]) -> None:
+        """The pipeline's event counts (`run_counts`) and rejections by reason (`rejected_events`), for SQL."""
+        self.db.execute("CREATE OR REPLACE TABLE run_counts(name VARCHAR, events BIGINT)")
+        """The run's event counts (`run_counts`) and rejections by reason (`rejected_events`)."""
+        self.db.executemany("INSERT INTO run_counts VALUES (?, ?)", list(counts.items()))
+        if rejected:
+            self.db.executemany("INSERT INTO rejected_events VALUES (?, ?)", sorted(rejected.items()))
 
     def close_done(self, period: str, account_id: str | None) -> bool:
         row = self.db.execute(

@@ -252,6 +252,10 @@ def _finish(
                 f"events in {totals.events_in} != rated {totals.rated} + duplicates "
                 f"{totals.duplicates} + rejected {totals.rejected_total}"
             )
+        store.save_run_counts(
+            {"events_in": totals.events_in, "rated": totals.rated, "duplicates": totals.duplicates},
+            totals.rejected,
+        )
         invoices = store.count_drafts("final") + store.count_drafts("open")
         by_currency = store.db.execute(
             "SELECT currency, count(*), sum(total) FROM invoice_drafts GROUP BY 1 ORDER BY 1"
