@@ -328,9 +328,9 @@ class BillingStore:
         return int(row[0]) if row else 0
 
     def save_run_counts(self, counts: dict[str, int], rejected: Mapping[str, int]) -> None:
-        """The pipeline's event counts (`run_counts`) and rejections by reason (`rejected_events`), for SQL."""
-        self.db.execute("CREATE OR REPLACE TABLE run_counts(name VARCHAR, events BIGINT)")
         """The run's event counts (`run_counts`) and rejections by reason (`rejected_events`)."""
+        self.db.execute("CREATE OR REPLACE TABLE run_counts(name VARCHAR, events BIGINT)")
+        self.db.execute("CREATE OR REPLACE TABLE rejected_events(reason VARCHAR, events BIGINT)")
         self.db.executemany("INSERT INTO run_counts VALUES (?, ?)", list(counts.items()))
         if rejected:
             self.db.executemany("INSERT INTO rejected_events VALUES (?, ?)", sorted(rejected.items()))
