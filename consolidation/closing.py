@@ -7,7 +7,7 @@ from datetime import datetime
 
 import structlog
 
-from consolidation.invoice import InvoiceDraft, UsageTotal, assemble_invoice
+from consolidation.invoice import InvoiceAssemblyError, InvoiceDraft, UsageTotal, assemble_invoice
 from consolidation.store import BillingStore
 from meterline import metrics
 from meterline.catalog import Catalog, period_bounds
@@ -39,7 +39,14 @@ def build_drafts(
         account = catalog.accounts.get(account_id)
         if account is None:
             continue
-        draft = assemble_invoice(account, catalog, period, usage.get(account_id, ()), status)
+        try:
+            draft = assemble_invoice(account, catalog, period, usage.get(account_id, ()), status)
+        except InvoiceAssemblyError as exc:
+            # Totals that no longer fit the catalog (e.g. a contract edited after its usage was
+            # rated): never bill a guess, never stop the sink; the draft waits for a fixed catalog.
+            metrics.RECONCILIATION_ERRORS.labels("invoice_assembly").inc()
+            log.error("invoice_not_assembled", account=account_id, period=period, error=str(exc))
+            continue
         if draft is not None:
             drafts.append(draft)
     return drafts
