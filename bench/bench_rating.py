@@ -226,7 +226,7 @@ def machine() -> str:
     )
 
 
-def record(command: str, events: int, mediated: int, runs: list[Run]) -> None:
+def record(command: str, events: int, mediated: int, runs: list[Run], partitions: int) -> None:
     def spread(values: list[float], fmt: str) -> str:
         return " | ".join(format(v, fmt) for v in (statistics.median(values), min(values), max(values)))
 
@@ -238,7 +238,7 @@ def record(command: str, events: int, mediated: int, runs: list[Run]) -> None:
 {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · `{command}`
 
 One `meterline rating` process, exactly-once (transactions + changelog), embedded
-broker (Tansu), 4 partitions, {events:,} generated events → {mediated:,} mediated
+broker (Tansu), {partitions} partitions, {events:,} generated events → {mediated:,} mediated
 (every pricing model of meterline.generate), rated from a prepared mediated topic.
 
 | figure | median | min | max |
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     if args.record:
         command = "python -m bench.bench_rating " + " ".join(argv if argv is not None else sys.argv[1:])
-        record(command.strip(), args.events, len(mediated), runs)
+        record(command.strip(), args.events, len(mediated), runs, args.partitions)
     return 0
 
 
