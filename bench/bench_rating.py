@@ -35,19 +35,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import confluent_kafka
-import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from meterline.broker import EmbeddedBroker
 from meterline.config import Settings
-from meterline.generate import generate_catalog, generate_events, planned_counts
-from meterline.kafka_config import consumer_config, plain_producer_config
-from meterline.lineage import LINEAGE_HEADER, LineageGuard
+from meterline.generate import planned_counts
+from meterline.kafka_config import plain_producer_config
 from meterline.pipeline import Workers
 from meterline.progress import StatsReader, Totals
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog
 from meterline.topics import MEDIATED, RATED
 from schemas.codec import decode_rated_record
+from tests.integration.harness import after_lineage_guard, write_dataset
+from tests.integration.harness import read_topic as read_whole_topic
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -90,47 +90,16 @@ def _watch(
 
 def read_topic(settings: Settings, topic: str) -> list[Record]:
     """A whole topic, read_committed, minus the copies the lineage guard drops (see meterline.lineage)."""
-    consumer = Consumer(
-        consumer_config(
-            settings.bootstrap_servers, {}, f"bench-read-{topic}", **{"enable.partition.eof": True}
-        )
-    )
-    partitions = range(settings.partitions)
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    guards = {p: LineageGuard() for p in partitions}
-    at_end: set[int] = set()
-    kept: list[Record] = []
-    deadline = time.monotonic() + 300
-    try:
-        while len(at_end) < len(guards):
-            if time.monotonic() > deadline:
-                raise BenchError(f"could not read {topic} to its end")
-            for message in consumer.consume(50000, 1.0):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(message.partition())
-                        continue
-                    raise KafkaException(error)
-                at_end.discard(message.partition())
-                headers = list(message.headers() or [])
-                if guards[message.partition()].admit(dict(headers).get(LINEAGE_HEADER)):
-                    kept.append((message.partition(), message.key(), message.value(), headers))
-    finally:
-        consumer.close()
-    return kept
+    return [
+        (m.partition(), m.key(), m.value(), list(m.headers() or []))
+        for m in after_lineage_guard(read_whole_topic(settings.bootstrap_servers, topic))
+    ]
 
 
 def prepare(
     folder: Path, events: int, accounts: int, seed: int, partitions: int
 ) -> tuple[Path, list[Record]]:
-    document = generate_catalog(accounts, seed)
-    catalog = folder / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump(document, sort_keys=False))
-    stream = folder / "events.jsonl"
-    with stream.open("wb") as handle:
-        for line in generate_events(document, events, seed):
-            handle.write(line + b"\n")
+    catalog, stream = write_dataset(folder, accounts, events, seed)
     with EmbeddedBroker() as broker:
         settings = _settings(broker, partitions)
         create_topics(settings)

@@ -74,6 +74,7 @@ class MediationProcessor:
         self.blocks: dict[TP, dict[str, list[bytes]]] = {}
         self._tombstones: dict[TP, list[bytes]] = {}
         self._forgettable: set[str] = set()
+        self._forgettable_known = False  # computed on the first idle, then when a table changes
 
     # -- state -----------------------------------------------------------------
 
@@ -96,10 +97,12 @@ class MediationProcessor:
         self._tombstones.pop(tp, None)
 
     def idle(self) -> None:
-        self.contracts.poll()
-        if self.periods.poll() or not self._forgettable:
+        catalog_changed = self.contracts.poll()
+        if self.periods.poll() or catalog_changed or not self._forgettable_known:
             self._forgettable = self._closed_everywhere()
-        self._forget_closed_periods()
+            self._forgettable_known = True
+        if self._forgettable:
+            self._forget_closed_periods()
 
     def _closed_everywhere(self) -> set[str]:
         """Periods closed for every account: their invoices can no longer change."""

@@ -42,7 +42,6 @@ class Settings:
     batch_timeout_s: float = 0.1
     raw_topics: tuple[RawTopic, ...] = (RawTopic("meterline.raw"),)
     max_record_bytes: int = 65536
-    future_tolerance_s: int = 24 * 3600
     out_dir: str = "meterline-out"
     auto_close: bool = True
     close_grace_s: int = 6 * 3600

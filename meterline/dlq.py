@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from meterline.topics import REJECTED
-
 
 def dead_letter_headers(
     reason: str, detail: str, stage: str, topic: str, partition: int, offset: int
@@ -16,7 +14,3 @@ def dead_letter_headers(
         ("meterline.source.partition", str(partition).encode()),
         ("meterline.source.offset", str(offset).encode()),
     ]
-
-
-def dead_letter_topic() -> str:
-    return REJECTED

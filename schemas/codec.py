@@ -37,13 +37,6 @@ def avro_schema(file: str) -> Any:
     return fastavro.parse_schema(json.loads(text))
 
 
-def catalog_json_schema() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(
-        resources.files("schemas").joinpath("catalog.schema.json").read_text()
-    )
-    return loaded
-
-
 def _event_body(event: UsageEvent) -> list[bytes]:
     """The UsageEvent fields in schema order (usage_mediated.avsc)."""
     return [

@@ -22,16 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from meterline.broker import EmbeddedBroker
 from meterline.generate import planned_counts
-from meterline.kafka_config import consumer_config
-from meterline.lineage import LINEAGE_HEADER, LineageGuard
+from meterline.lineage import LINEAGE_HEADER
 from meterline.progress import Totals
 from meterline.topics import RATED
 from schemas.codec import decode_rated_record
-from tests.integration.harness import USAGE_TOTALS, LivePipeline, run_reference, table, write_dataset
+from tests.integration.harness import (
+    USAGE_TOTALS,
+    LivePipeline,
+    after_lineage_guard,
+    read_topic,
+    run_reference,
+    table,
+    write_dataset,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -134,43 +140,13 @@ class RatedTopic:
 
 def read_rated(pipeline: LivePipeline) -> RatedTopic:
     """The whole rated topic, read_committed, through the lineage guard."""
-    consumer = Consumer(
-        consumer_config(
-            pipeline.settings.bootstrap_servers,
-            {},
-            "rating-recovery-check",
-            **{"enable.partition.eof": True},
-        )
+    everything = read_topic(pipeline.settings.bootstrap_servers, RATED)
+    assert all(LINEAGE_HEADER in dict(m.headers() or []) for m in everything), (
+        "every rated record carries its lineage"
     )
-    partitions = range(pipeline.settings.partitions)
-    consumer.assign([TopicPartition(RATED, p, OFFSET_BEGINNING) for p in partitions])
-    guards = {p: LineageGuard() for p in partitions}
-    at_end: set[int] = set()
-    raw = admitted = 0
-    keys: set[tuple[str, str]] = set()
-    deadline = time.monotonic() + 120
-    try:
-        while len(at_end) < len(guards):
-            assert time.monotonic() < deadline, f"rated topic not read to its end; at end: {at_end}"
-            for message in consumer.consume(10000, 1.0):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(message.partition())
-                        continue
-                    raise KafkaException(error)
-                at_end.discard(message.partition())
-                raw += 1
-                headers = dict(message.headers() or [])
-                assert LINEAGE_HEADER in headers, "every rated record carries its lineage"
-                if not guards[message.partition()].admit(headers[LINEAGE_HEADER]):
-                    continue
-                admitted += 1
-                record = decode_rated_record(message.value())
-                keys.add((record["account_id"], record["event_id"]))
-    finally:
-        consumer.close()
-    return RatedTopic(raw, admitted, len(keys))
+    admitted = after_lineage_guard(everything)
+    keys = {(r["account_id"], r["event_id"]) for r in (decode_rated_record(m.value()) for m in admitted)}
+    return RatedTopic(len(everything), len(admitted), len(keys))
 
 
 def check_exactly_once(
