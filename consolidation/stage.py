@@ -36,9 +36,14 @@ from meterline.lineage import LINEAGE_HEADER, LineageGuard
 from meterline.reasons import MALFORMED, PERIOD_CLOSED
 from meterline.tables import ContractsTable, PeriodsTable
 from meterline.topics import PERIODS, RATED, REJECTED, STATS
-from schemas.codec import SchemaError, decode_rated_record
+from schemas.codec import RATED_FIELDS, SchemaError, decode_rated_row
 
 STAGE = "consolidation"
+# Positions in a decode_rated_row row of the fields the running totals need.
+_ACCOUNT, _PERIOD, _CHARGE, _METER, _CONTRACT, _AMOUNT, _AGGREGATE_AFTER = (
+    RATED_FIELDS.index(name)
+    for name in ("account_id", "period", "charge_id", "meter", "contract_id", "amount", "aggregate_after")
+)
 # Unbound: the worker binds `stage` through contextvars once logging is configured (a
 # logger bound at import time would keep structlog's default console renderer).
 log = structlog.get_logger()
@@ -146,26 +151,26 @@ class Consolidator:
                 continue
             count = counts.setdefault(partition, Counter())
             try:
-                record = decode_rated_record(message.value() or b"")
+                row = decode_rated_row(message.value() or b"")
             except SchemaError as exc:
                 self._reject(MALFORMED, str(exc), message, count)
                 continue
-            account, period = record["account_id"], record["period"]
+            account, period = row[_ACCOUNT], row[_PERIOD]
             if (account, period) in self._final:
                 self._reject(PERIOD_CLOSED, f"invoice of {account!r} for {period} is final", message, count)
                 continue
             count["stored"] += 1
-            amount = Decimal(record["amount"])
+            amount = Decimal(row[_AMOUNT])
             batch_rows = rows.get(partition)
             if batch_rows is None:
                 batch_rows = rows[partition] = RatedRows()
-            batch_rows.append(record, partition, offset)
-            key = (account, period, record["charge_id"], record["meter"], record["contract_id"])
+            batch_rows.append(row, partition, offset)
+            key = (account, period, row[_CHARGE], row[_METER], row[_CONTRACT])
             total = totals.get(key)
             if total is None:
-                totals[key] = [record["aggregate_after"], amount, 1]
+                totals[key] = [row[_AGGREGATE_AFTER], amount, 1]
             else:  # records of one key arrive in order: the last aggregate is the current one
-                total[0] = record["aggregate_after"]
+                total[0] = row[_AGGREGATE_AFTER]
                 total[1] += amount
                 total[2] += 1
             self._dirty.add((account, period))
@@ -275,4 +280,3 @@ class Consolidator:
                     ),
                 )
         self._producer.flush(10)
-

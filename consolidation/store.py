@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from consolidation.invoice import InvoiceDraft, UsageTotal
+from schemas.codec import RATED_FIELDS
 
 EXACT = pa.decimal128(38, 18)
 MONEY = pa.decimal128(38, 4)  # 4 places: wide enough for every ISO 4217 minor unit
@@ -121,46 +122,49 @@ CREATE TABLE IF NOT EXISTS consumer_positions(
 """
 
 
-# Columns copied as they come from the decoded rated record (decimals as exact text).
-_RECORD_COLUMNS = tuple(
-    name for name in RATED_SCHEMA.names if name not in ("attributes", "source_partition", "source_offset")
-)
-
-
 class RatedRows:
-    """The rated records of one batch and partition, kept column by column.
+    """The rated records of one batch and partition, as rows of decode_rated_row.
 
-    Decimal fields stay text until Arrow casts a whole column to DECIMAL(38,18),
-    which is exact (a value that does not fit raises), so the sink builds no
-    Decimal or dict per event.
+    Rows are turned into columns once per batch (zip, in C); decimal fields stay
+    text until Arrow casts a whole column to DECIMAL(38,18), which is exact (a
+    value that does not fit raises), so the sink builds no Decimal or dict per event.
     """
 
-    __slots__ = ("columns", "periods")
+    __slots__ = ("periods", "rows", "source_offsets", "source_partitions")
 
     def __init__(self) -> None:
-        self.columns: dict[str, list[Any]] = {name: [] for name in RATED_SCHEMA.names}
+        self.rows: list[Sequence[Any]] = []
+        self.source_partitions: list[int] = []
+        self.source_offsets: list[int] = []
         self.periods: set[str] = set()
 
-    def append(self, record: dict[str, Any], partition: int, offset: int) -> None:
-        columns = self.columns
-        for name in _RECORD_COLUMNS:
-            columns[name].append(record[name])
-        columns["attributes"].append(orjson.dumps(record["attributes"]).decode())
-        columns["source_partition"].append(partition)
-        columns["source_offset"].append(offset)
-        self.periods.add(record["period"])
+    def append(self, row: Sequence[Any], partition: int, offset: int) -> None:
+        """Add one record: `row` holds its values in RATED_FIELDS order."""
+        self.rows.append(row)
+        self.source_partitions.append(partition)
+        self.source_offsets.append(offset)
+        self.periods.add(row[_PERIOD])
 
     def __len__(self) -> int:
-        return len(self.columns["event_id"])
+        return len(self.rows)
 
     def table(self) -> pa.Table:
+        columns: dict[str, Sequence[Any]] = {}
+        if self.rows:
+            columns.update(zip(RATED_FIELDS, zip(*self.rows, strict=True), strict=True))
+        columns["attributes"] = [orjson.dumps(values).decode() for values in columns.get("attributes", ())]
+        columns["source_partition"] = self.source_partitions
+        columns["source_offset"] = self.source_offsets
         arrays = [
-            pc.cast(pa.array(self.columns[f.name], pa.string()), f.type)
+            pc.cast(pa.array(columns.get(f.name, []), pa.string()), f.type)
             if pa.types.is_decimal(f.type)
-            else pa.array(self.columns[f.name], f.type)
+            else pa.array(columns.get(f.name, []), f.type)
             for f in RATED_SCHEMA
         ]
         return pa.Table.from_arrays(arrays, schema=RATED_SCHEMA)
+
+
+_PERIOD = RATED_FIELDS.index("period")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import NamedTuple
 
 from mediation.dedup import SeenSet, dedup_key
 from mediation.enrich import dedup_bucket, enrich, local_time
@@ -48,8 +49,13 @@ def partition_for(account_id: str, partitions: int) -> int:
     return zlib.crc32(account_id.encode()) % partitions
 
 
-@dataclass(frozen=True, slots=True)
-class _Keyed:
+@lru_cache(maxsize=1 << 16)
+def _route(account_id: str, partitions: int) -> tuple[bytes, int]:
+    """Key and partition of an account's records (memoised: computed for every event)."""
+    return account_id.encode(), partition_for(account_id, partitions)
+
+
+class _Keyed(NamedTuple):  # a NamedTuple: one per event, so cheap matters
     """An event waiting for the keyed step, with where it came from."""
 
     record: InputRecord
@@ -154,8 +160,7 @@ class MediationProcessor:
                 OutputRecord(
                     REPARTITION,
                     encode_usage(event),
-                    event.account_id.encode(),
-                    partition_for(event.account_id, self.partitions),
+                    *_route(event.account_id, self.partitions),
                     [(LINEAGE_HEADER, lineage), (ORIGIN_HEADER, lineage), (RAW_HEADER, record.value or b"")],
                 )
             )
@@ -242,20 +247,16 @@ class MediationProcessor:
         counts["mediated"] += 1
         if result.newest_event_time is None or enriched.event_time > result.newest_event_time:
             result.newest_event_time = enriched.event_time
+        position = (record.topic, record.partition, record.offset)
+        lineage = lineage_value(*position)
         headers = [
-            (LINEAGE_HEADER, lineage_value(record.topic, record.partition, record.offset)),
+            (LINEAGE_HEADER, lineage),
             (RAW_HEADER, item.original),
-            (ORIGIN_HEADER, lineage_value(*item.origin)),
+            # On a keyed raw topic the record is its own origin.
+            (ORIGIN_HEADER, lineage if item.origin == position else lineage_value(*item.origin)),
         ]
-        result.outputs.append(
-            OutputRecord(
-                MEDIATED,
-                encode_usage(enriched),
-                enriched.account_id.encode(),
-                partition_for(enriched.account_id, self.partitions),
-                headers,
-            )
-        )
+        key, partition = _route(enriched.account_id, self.partitions)
+        result.outputs.append(OutputRecord(MEDIATED, encode_usage(enriched), key, partition, headers))
 
     def _reject(
         self,

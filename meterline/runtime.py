@@ -257,8 +257,8 @@ class StageRunner:
         except KafkaException as exc:
             self._recover(exc.args[0] if exc.args else None)
             return
-        for out in result.outputs:
-            metrics.PRODUCED.labels(self.stage, out.topic).inc()
+        for topic, count in Counter(out.topic for out in result.outputs).items():
+            metrics.PRODUCED.labels(self.stage, topic).inc(count)
 
     def _commit_with_retry(self) -> None:
         assert self._producer is not None

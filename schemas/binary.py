@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 _SMALL = [bytes([n]) for n in range(128)]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -40,12 +41,26 @@ def write_string(value: str) -> bytes:
     return (_SMALL[size << 1] if size < 64 else write_long(size)) + data
 
 
+@lru_cache(maxsize=1 << 16)
+def write_repeated_string(value: str) -> bytes:
+    """write_string for values that come back on most records (account, meter, plan, charge ids,
+    periods, attribute names): memoised, as encoding is a hot path and these are few."""
+    return write_string(value)
+
+
+@lru_cache(maxsize=1 << 14)
+def write_repeated_strings(*values: str) -> bytes:
+    """Several consecutive repeated string fields as one memoised piece (e.g. the enrichment
+    fields, which are the same for every event of an account in a period)."""
+    return b"".join([write_string(value) for value in values])
+
+
 def write_map(values: Mapping[str, str]) -> bytes:
     if not values:
         return b"\x00"
     parts = [write_long(len(values))]
     for key, value in values.items():
-        parts.append(write_string(key))
+        parts.append(write_repeated_string(key))
         parts.append(write_string(value))
     parts.append(b"\x00")
     return b"".join(parts)

@@ -18,7 +18,15 @@ from typing import Any, Final
 import fastavro
 
 from meterline.records import RatedUsage, UsageEvent
-from schemas.binary import Reader, write_map, write_optional_string, write_string, write_timestamp
+from schemas.binary import (
+    Reader,
+    write_map,
+    write_optional_string,
+    write_repeated_string,
+    write_repeated_strings,
+    write_string,
+    write_timestamp,
+)
 
 MEDIATED_SCHEMA_ID: Final = 1
 RATED_SCHEMA_ID: Final = 2
@@ -41,17 +49,15 @@ def _event_body(event: UsageEvent) -> list[bytes]:
     """The UsageEvent fields in schema order (usage_mediated.avsc)."""
     return [
         write_string(event.event_id),
-        write_string(event.account_id),
-        write_string(event.meter),
+        write_repeated_string(event.account_id),
+        write_repeated_string(event.meter),
         write_string(str(event.quantity)),
         write_timestamp(event.event_time),
         write_map(event.attributes),
         write_optional_string(event.value),
-        write_string(event.source_format),
-        write_string(event.contract_id),
-        write_string(event.plan_id),
-        write_string(event.currency),
-        write_string(event.period),
+        write_repeated_strings(
+            event.source_format, event.contract_id, event.plan_id, event.currency, event.period
+        ),
     ]
 
 
@@ -104,13 +110,12 @@ def decode_usage(data: bytes) -> UsageEvent:
 def _rated_tail(rated: RatedUsage) -> list[bytes]:
     """The fields usage_rated.avsc adds after those of usage_mediated.avsc."""
     return [
-        write_string(rated.charge_id),
-        write_string(rated.model),
+        write_repeated_strings(rated.charge_id, rated.model),
         write_string(str(rated.quantity)),
         write_string(str(rated.amount)),
         write_string(str(rated.aggregate_before)),
         write_string(str(rated.aggregate_after)),
-        write_string(rated.invoice_id),
+        write_repeated_string(rated.invoice_id),
     ]
 
 
@@ -150,7 +155,19 @@ def decode_rated(data: bytes) -> RatedUsage:
     return rated
 
 
-_RATED_FIELDS = (
+RATED_FIELDS: Final = (
+    "event_id",
+    "account_id",
+    "meter",
+    "quantity",
+    "event_time",
+    "attributes",
+    "value",
+    "source_format",
+    "contract_id",
+    "plan_id",
+    "currency",
+    "period",
     "charge_id",
     "model",
     "rated_quantity",
@@ -159,21 +176,29 @@ _RATED_FIELDS = (
     "aggregate_after",
     "invoice_id",
 )
-_EVENT_FIELDS = ("event_id", "account_id", "meter", "quantity")
-_TAIL_FIELDS = ("source_format", "contract_id", "plan_id", "currency", "period", *_RATED_FIELDS)
+"""Field names of usage_rated.avsc, in order: the positions of decode_rated_row's values."""
 
 
-def decode_rated_record(data: bytes) -> dict[str, Any]:
-    """The rated record as a plain dict (decimal fields still text): the sink works column-wise."""
+def decode_rated_row(data: bytes) -> list[Any]:
+    """The rated record's values in RATED_FIELDS order, decimals still text.
+
+    A list rather than a dict or an object: the sink works column-wise, and this is
+    the per-event hot path of consolidation.
+    """
     reader = _reader(data, RATED_SCHEMA_ID)
     try:
-        record: dict[str, Any] = dict(zip(_EVENT_FIELDS, reader.strings(4), strict=True))
-        record["event_time"] = reader.timestamp()
-        record["attributes"] = reader.map()
-        record["value"] = reader.optional_string()
-        record.update(zip(_TAIL_FIELDS, reader.strings(len(_TAIL_FIELDS)), strict=True))
+        row: list[Any] = reader.strings(4)
+        row.append(reader.timestamp())
+        row.append(reader.map())
+        row.append(reader.optional_string())
+        row.extend(reader.strings(12))
     except ValueError as exc:
         raise SchemaError(f"corrupt Avro body: {exc}") from exc
     if reader.pos != len(data):
         raise SchemaError("trailing bytes after the record")
-    return record
+    return row
+
+
+def decode_rated_record(data: bytes) -> dict[str, Any]:
+    """The rated record as a plain dict (decimal fields still text), for tools and tests."""
+    return dict(zip(RATED_FIELDS, decode_rated_row(data), strict=True))

@@ -13,14 +13,16 @@ import pytest
 from consolidation.closing import finalize_period, refresh_previews
 from consolidation.store import BillingStore, Position, RatedRows
 from meterline.catalog_file import load_catalog
+from schemas.codec import RATED_FIELDS
 
 DATA = Path(__file__).parent.parent / "data" / "flat"
 NOW = datetime(2026, 11, 2, tzinfo=UTC)
 Key = tuple[str, str, str, str, str]
 
 
-def record(event_id: str, period: str = "2026-09", amount: str = "0.002", after: str = "1") -> dict[str, Any]:
-    return {
+def record(event_id: str, period: str = "2026-09", amount: str = "0.002", after: str = "1") -> list[Any]:
+    """A decoded rated record as decode_rated_row gives it (values in RATED_FIELDS order)."""
+    values = {
         "event_id": event_id,
         "account_id": "alpha",
         "meter": "api_calls",
@@ -38,7 +40,10 @@ def record(event_id: str, period: str = "2026-09", amount: str = "0.002", after:
         "invoice_id": "INV",
         "attributes": {"region": "eu"},
         "period": period,
+        "value": None,
+        "source_format": "json",
     }
+    return [values[name] for name in RATED_FIELDS]
 
 
 @pytest.fixture
