@@ -4,16 +4,22 @@
 - raw consume: records/s a consumer reads back (no processing);
 - plain loop: a hand-written batched consume -> JSON parse -> produce loop,
   at-least-once, no state, no transactions: the ceiling a Python stage can hope for.
+
+The stage benchmarks call `plain_loop_alone` between their own runs, so a stage's
+rate can be read as a ratio to the loop measured on the same machine at the same time.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from meterline.broker import EmbeddedBroker
+from meterline.publish import InputFile, read_records
 from meterline.topics import LOG, ensure_topics
 
 
@@ -115,3 +121,14 @@ def plain_loop_rate(bootstrap: str, records: list[bytes], partitions: int) -> fl
     producer.flush(60)
     consumer.close()
     return len(records) / (time.perf_counter() - (started or time.perf_counter()))
+
+
+def plain_loop_alone(events: Path, partitions: int) -> float:
+    """`plain_loop_rate` over the raw records of a JSON-lines file, on a broker of its own.
+
+    A fresh broker per call, as each stage run gets one, so both see an empty broker;
+    the records are read here and freed on return, not held between a stage's runs.
+    """
+    records = list(read_records(InputFile(events, "json")))
+    with EmbeddedBroker() as broker:
+        return plain_loop_rate(broker.bootstrap_servers, records, partitions)

@@ -1,26 +1,32 @@
 """Consolidation: sink throughput, and the time to close a period for 100,000 accounts.
 
     .venv/bin/python -m bench.bench_consolidation [--events 100000] [--accounts 300]
-                                                  [--close-accounts 100000] [--no-record]
+                                                  [--close-accounts 100000] [--runs 3] [--no-record]
 
-1. Throughput. A generated month of SaaS and telecom usage goes through
-   mediation and rating on the embedded broker (4 partitions) until everything is
-   rated; those two workers are stopped, then one `meterline consolidation`
-   worker is started alone and timed until its progress records
+1. Throughput. Prepared once: a generated month of SaaS and telecom usage goes
+   through mediation and rating on the embedded broker (4 partitions) until
+   everything is rated, and the rated topic (read_committed, after the lineage
+   guard) is kept in memory. Each run: a fresh broker gets the catalog and those
+   rated records (same partitions, same headers), then one `meterline
+   consolidation` worker is started alone and timed until its progress records
    (meterline.stats, StatsReader) show every rated record stored in DuckDB and
    Parquet. Reported: steady rate from its first committed batch to the last
    (startup and the group join excluded) and the rate over the wall time from
-   process start. Checked: rated_usage holds each rated event once and
+   process start. Checked each run: rated_usage holds each rated event once and
    sum(rated amounts) = usage_totals.amount_exact for every account/charge.
-2. Close. A BillingStore is filled with the usage totals of a generated
-   100,000-account catalog (every charge of every contract in effect, priced
-   with rating.pricing) plus one rated-usage row per total, then
-   `finalize_period` is timed: drafts for every active account, written to
-   DuckDB and exported to Parquet, reconciliation included. Checked: one final
-   draft per active account, Parquet rows = DuckDB rows, reconciliation holds.
+   After each run the plain batched consume -> JSON parse -> produce loop
+   (bench.baselines) runs over the same raw events on a broker of its own: the
+   same-run baseline the steady rate is given as a ratio to.
+2. Close. The catalog of 100,000 generated accounts is built once. Each run: a
+   fresh BillingStore is filled with the usage totals of every charge of every
+   contract in effect (priced with rating.pricing) plus one rated-usage row per
+   total, then `finalize_period` is timed: drafts for every active account,
+   written to DuckDB and exported to Parquet, reconciliation included. Checked
+   each run: one final draft per active account, Parquet rows = DuckDB rows,
+   reconciliation holds.
 
-Any wrong result exits 1 and records nothing; otherwise a section is appended
-to bench/RESULTS.md.
+Every figure is the median of --runs runs, with min and max. Any wrong result
+exits 1 and records nothing; otherwise a section is appended to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -39,13 +47,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from bench.common import BenchmarkFailed, record
+from bench.baselines import plain_loop_alone
+from bench.common import (
+    BenchmarkFailed,
+    Record,
+    add_runs_option,
+    ratio_rows,
+    read_guarded,
+    record,
+    replay,
+    spread,
+)
 from consolidation.closing import accounts_active_in, finalize_period, reconcile_amounts
 from consolidation.store import RATED_SCHEMA, BillingStore, Position, write_parquet_atomically
+from meterline.broker import EmbeddedBroker
 from meterline.catalog import Catalog, period_bounds
 from meterline.catalog_file import parse_catalog
+from meterline.config import Settings
 from meterline.generate import generate_catalog, generate_events
+from meterline.pipeline import Workers
+from meterline.progress import StatsReader, Totals
+from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog
 from meterline.records import invoice_id_for
+from meterline.topics import RATED, RAW
 
 PERIOD = "2026-10"  # the generator's month
 PARTITIONS = 4
@@ -54,13 +78,41 @@ PARTITIONS = 4
 # -- 1. throughput -------------------------------------------------------------------
 
 
-def throughput(events: int, accounts: int, folder: Path) -> dict[str, Any]:
-    from meterline.broker import EmbeddedBroker
-    from meterline.config import Settings
-    from meterline.pipeline import Workers
-    from meterline.progress import StatsReader, Totals
-    from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog
+@dataclass(frozen=True)
+class Prepared:
+    catalog: Path
+    events: Path  # the raw JSON-lines file, for the plain-loop baseline
+    published: int
+    rated: list[Record]  # the rated topic after the lineage guard
 
+
+@dataclass(frozen=True)
+class Sink:
+    steady: float  # rated events/s, first committed batch to the last
+    wall_s: float  # process start until every rated record was consumed
+
+
+def _wait(
+    reader: StatsReader, workers: Workers, condition: Callable[[Totals], bool], timeout: float = 1800
+) -> tuple[Totals, float]:
+    """Totals once `condition` holds, and when (time.monotonic)."""
+    raw = [RAW]  # the default raw topic, which the bench settings keep
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reader.poll(0.05)
+        totals = reader.totals(raw)
+        if condition(totals):
+            return totals, time.monotonic()
+        workers.check()
+    raise BenchmarkFailed(f"timed out; last totals {reader.totals(raw)}")
+
+
+def _settings(broker: EmbeddedBroker) -> Settings:
+    return Settings(bootstrap_servers=broker.bootstrap_servers, partitions=PARTITIONS, instance_id="bench")
+
+
+def prepare(events: int, accounts: int, folder: Path) -> Prepared:
+    """Generate the input, run mediation and rating to the end once, keep the rated topic."""
     document = generate_catalog(accounts, seed=3)
     catalog_path = folder / "catalog.yaml"
     catalog_path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -68,54 +120,54 @@ def throughput(events: int, accounts: int, folder: Path) -> dict[str, Any]:
     with events_path.open("wb") as handle:
         for line in generate_events(document, events, 3):
             handle.write(line + b"\n")
-    out = folder / "out"
 
     with EmbeddedBroker() as broker:
-        settings = Settings(
-            bootstrap_servers=broker.bootstrap_servers, partitions=PARTITIONS, instance_id="bench"
-        )
+        settings = _settings(broker)
         create_topics(settings)
         publish_catalog(settings, catalog_path)
         reader = StatsReader(settings.bootstrap_servers, {})
-        raw = [t.name for t in settings.raw_topics]
-
-        def wait(condition: Any, workers: Workers, timeout: float = 1800) -> tuple[Totals, float]:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                reader.poll(0.05)
-                totals = reader.totals(raw)
-                if condition(totals):
-                    return totals, time.monotonic()
-                workers.check()
-            raise BenchmarkFailed(f"timed out; last totals {reader.totals(raw)}")
-
-        upstream = Workers(settings, out, None)
+        upstream = Workers(settings, folder / "upstream", None)
         try:
             upstream.start("mediation")
             upstream.start("rating")
             published = produce_inputs(settings, [InputFile(events_path, "json")])
-            rated_totals, _ = wait(
+            totals, _ = _wait(
+                reader,
+                upstream,
                 lambda t: (
                     t.events_in >= published
                     and t.keyed_consumed >= t.forwarded
                     and t.rating_consumed >= t.mediated
                 ),
-                upstream,
             )
         finally:
             upstream.stop()
-        rated = rated_totals.rated
-        print(f"upstream done: {published:,} published, {rated:,} rated", flush=True)
+            reader.close()
+        rated = read_guarded(settings.bootstrap_servers, RATED)
+    if len(rated) != totals.rated:
+        raise BenchmarkFailed(f"rating reported {totals.rated} rated events, the topic holds {len(rated)}")
+    print(f"upstream done: {published:,} published, {len(rated):,} rated", flush=True)
+    return Prepared(catalog_path, events_path, published, rated)
 
+
+def throughput(prepared: Prepared, out: Path) -> Sink:
+    """One consolidation worker alone over the prepared rated topic, on a fresh broker."""
+    rated = len(prepared.rated)
+    with EmbeddedBroker() as broker:
+        settings = _settings(broker)
+        create_topics(settings)
+        publish_catalog(settings, prepared.catalog)
+        replay(settings.bootstrap_servers, RATED, prepared.rated)
+        reader = StatsReader(settings.bootstrap_servers, {})
         sink = Workers(settings, out, None)
         try:
             started = time.monotonic()
             sink.start("consolidation")
-            first, first_at = wait(lambda t: t.stored > 0, sink)
-            done, done_at = wait(lambda t: t.consolidation_consumed >= rated, sink)
+            first, first_at = _wait(reader, sink, lambda t: t.stored > 0)
+            done, done_at = _wait(reader, sink, lambda t: t.consolidation_consumed >= rated)
         finally:
             sink.stop()
-        reader.close()
+            reader.close()
 
     if done.stored != rated:
         raise BenchmarkFailed(f"consolidation stored {done.stored} of {rated} rated events")
@@ -134,14 +186,7 @@ def throughput(events: int, accounts: int, folder: Path) -> dict[str, Any]:
                 raise BenchmarkFailed(f"{period}: rated amounts differ from usage_totals")
     finally:
         store.close()
-    steady = (rated - first.stored) / max(done_at - first_at, 1e-9)
-    return {
-        "events": published,
-        "rated": rated,
-        "steady": steady,
-        "wall_s": done_at - started,
-        "wall_rate": rated / (done_at - started),
-    }
+    return Sink((rated - first.stored) / max(done_at - first_at, 1e-9), done_at - started)
 
 
 # -- 2. close ------------------------------------------------------------------------
@@ -198,11 +243,16 @@ def populate(store: BillingStore, catalog: Catalog, period: str, seed: int) -> i
     return len(totals)
 
 
-def close_period(accounts: int, folder: Path) -> dict[str, Any]:
+def close_catalog(accounts: int) -> Catalog:
     started = time.monotonic()
     catalog = parse_catalog(generate_catalog(accounts, seed=5), source="generated")
     print(f"catalog of {accounts:,} accounts in {time.monotonic() - started:.0f} s", flush=True)
-    store = BillingStore(folder / "close")
+    return catalog
+
+
+def close_period(catalog: Catalog, folder: Path) -> dict[str, Any]:
+    """Fill a fresh BillingStore in `folder`, time `finalize_period`, check what it wrote."""
+    store = BillingStore(folder)
     try:
         totals = populate(store, catalog, PERIOD, seed=5)
         print(f"{totals:,} usage totals stored", flush=True)
@@ -241,40 +291,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000, help="raw events for the throughput run")
     parser.add_argument("--accounts", type=int, default=300, help="accounts for the throughput run")
     parser.add_argument("--close-accounts", type=int, default=100_000, help="accounts for the close")
+    add_runs_option(parser)
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     args = parser.parse_args(argv)
+    sinks: list[Sink] = []
+    loop: list[float] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-consolidation-") as tmp:
-            sink = throughput(args.events, args.accounts, Path(tmp))
-            close = close_period(args.close_accounts, Path(tmp))
+            folder = Path(tmp)
+            prepared = prepare(args.events, args.accounts, folder)
+            published, rated = prepared.published, len(prepared.rated)
+            for number in range(args.runs):
+                sinks.append(throughput(prepared, folder / f"sink-{number}"))
+                # Interleaved, so a slow spell of the shared machine hits both sides of the ratio.
+                loop.append(plain_loop_alone(prepared.events, PARTITIONS))
+            del prepared  # the rated records: freed before the close builds its large catalog
+            catalog = close_catalog(args.close_accounts)
+            closes = [close_period(catalog, folder / f"close-{number}") for number in range(args.runs)]
     except BenchmarkFailed as exc:
         print(f"bench_consolidation: WRONG RESULT: {exc}", file=sys.stderr)
         return 1
+    steady = [s.steady for s in sinks]
+    close = closes[0]  # accounts, lines and totals are the same every run (seeded catalog)
     rows = [
+        ("consolidation throughput, steady (first to last committed batch), rated events/s", spread(steady)),
         (
-            "consolidation throughput, steady (first to last committed batch)",
-            f"{sink['steady']:,.0f} rated events/s",
+            "consolidation throughput, wall (process start to all stored), rated events/s",
+            spread([rated / s.wall_s for s in sinks]),
         ),
+        (f"consolidation wall s for {rated:,} rated events", spread([s.wall_s for s in sinks], ".1f")),
+        *ratio_rows("consolidation (steady)", steady, loop),
         (
-            "consolidation throughput, wall (process start to all stored)",
-            f"{sink['wall_rate']:,.0f} rated events/s ({sink['rated']:,} events in {sink['wall_s']:.1f} s)",
-        ),
-        (
-            f"close a period: finalize_period, {close['accounts']:,} accounts",
-            f"{close['seconds']:.1f} s (target < 30 s); {close['lines']:,} lines, {close['totals']:,} totals",
+            f"close a period: finalize_period, {close['accounts']:,} accounts, s",
+            f"{spread([c['seconds'] for c in closes], '.1f')} (target < 30 s); "
+            f"{close['lines']:,} lines, {close['totals']:,} totals",
         ),
     ]
     if not args.no_record:
         record(
             "Consolidation sink and period close",
             rows,
-            f"Throughput: {sink['events']:,} generated events ({args.accounts} accounts, SaaS + telecom) "
-            f"through mediation and rating first, then one `meterline consolidation` worker alone on "
-            f"{PARTITIONS} partitions, timed by its meterline.stats progress; rated_usage and usage_totals "
-            "checked (each event once, reconciliation). Close: usage_totals of a generated catalog written "
-            "directly to a BillingStore, then `finalize_period` timed (drafts assembled in Python, written "
-            "to DuckDB and Parquet as Arrow tables, reconciliation included); one final draft per active "
-            "account and Parquet = DuckDB checked.",
+            f"Throughput: {published:,} generated events ({args.accounts} accounts, SaaS + telecom) "
+            "through mediation and rating once; each run replays the rated topic to a fresh broker and "
+            f"times one `meterline consolidation` worker alone on {PARTITIONS} partitions by its "
+            "meterline.stats progress; rated_usage and usage_totals checked (each event once, "
+            "reconciliation). The plain loop runs over the same raw events after each run, on a broker of "
+            "its own. Close: usage_totals of a generated catalog written directly to a fresh BillingStore "
+            "each run, then `finalize_period` timed (drafts assembled in Python, written to DuckDB and "
+            "Parquet as Arrow tables, reconciliation included); one final draft per active account and "
+            "Parquet = DuckDB checked.",
         )
     else:
         for name, value in rows:

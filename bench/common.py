@@ -1,7 +1,8 @@
-"""What every benchmark shares: the machine description, medians, and RESULTS.md."""
+"""What every benchmark shares: the machine description, medians, repeated runs and RESULTS.md."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -10,26 +11,88 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import confluent_kafka
+from confluent_kafka import Producer
+
+from meterline.config import RawTopic, Settings, settings_to_toml
+from meterline.kafka_config import plain_producer_config
+from meterline.pipeline import Workers
+from meterline.publish import create_topics
+from meterline.topics import RAW
+from tests.integration.harness import after_lineage_guard, read_topic
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
+
+# One record of a topic, as a stage bench keeps it to replay: partition, key, value, headers.
+Record = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
 class BenchmarkFailed(RuntimeError):
     """A benchmark produced a wrong result: its figures must not be recorded."""
 
 
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> str:
+    cpu = _cpu_model()
     return (
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"librdkafka {confluent_kafka.libversion()[0]}, {platform.machine()}"
+        f"{os.cpu_count()} cores{f' ({cpu})' if cpu else ''}, Python {platform.python_version()}, "
+        f"librdkafka {confluent_kafka.libversion()[0]}, confluent-kafka {confluent_kafka.version()}, "
+        f"{platform.system()} {platform.release()} {platform.machine()}"
     )
 
 
-def spread(values: list[float]) -> str:
-    """Median with min and max, as the results table shows it."""
+def spread(values: list[float], fmt: str = ",.0f") -> str:
+    """Median with min and max, as the results table shows it; `fmt` formats each of the three."""
     return (
-        f"{statistics.median(values):,.0f} (min {min(values):,.0f}, max {max(values):,.0f}, n={len(values)})"
+        f"{statistics.median(values):{fmt}} "
+        f"(min {min(values):{fmt}}, max {max(values):{fmt}}, n={len(values)})"
     )
+
+
+def add_runs_option(parser: argparse.ArgumentParser, default: int = 3) -> None:
+    """`--runs N`: every figure is the median of N runs (bench.run --full passes 3, --quick 1)."""
+    parser.add_argument(
+        "--runs", type=int, default=default, help=f"runs per figure; median, min and max (default {default})"
+    )
+
+
+def ratio_rows(stage: str, stage_rates: list[float], loop_rates: list[float]) -> list[tuple[str, str]]:
+    """The same-run baseline rows: the plain loop's rate and the stage's rate as a ratio of the medians."""
+    ratio = statistics.median(stage_rates) / statistics.median(loop_rates)
+    return [
+        ("plain loop, records/s", spread(loop_rates)),
+        (f"{stage} / plain loop", f"{ratio:.3f}"),
+    ]
+
+
+def read_guarded(bootstrap_servers: str, topic: str) -> list[Record]:
+    """A whole topic, read_committed, minus the copies the lineage guard drops (see meterline.lineage)."""
+    return [
+        (m.partition(), m.key(), m.value(), list(m.headers() or []))
+        for m in after_lineage_guard(read_topic(bootstrap_servers, topic))
+    ]
+
+
+def replay(bootstrap_servers: str, topic: str, records: list[Record]) -> None:
+    """Publish kept records again, same partitions, keys and headers (the producer is gone on return)."""
+    producer = Producer(plain_producer_config(bootstrap_servers, {}))
+    for partition, key, value, headers in records:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, partition=partition, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120):
+        raise BenchmarkFailed(f"could not publish the prepared records to {topic}")
 
 
 def command() -> str:
@@ -53,3 +116,23 @@ def record(title: str, rows: list[tuple[str, str]], notes: str = "") -> None:
     with RESULTS.open("a") as handle:
         handle.writelines(lines)
     print("".join(lines))
+
+
+def keyed_workers(bootstrap_servers: str, out: Path, partitions: int, instance_id: str) -> Workers:
+    """Stage workers whose settings declare the raw topic keyed by account, as `meterline run` does.
+
+    The workers read their settings from a meterline.toml (like run_pipeline's), since
+    the raw topics cannot be passed as flags; workers on the defaults (raw topic not
+    keyed) would add the repartition hop to every event. Creates the topics too.
+    """
+    settings = Settings(
+        bootstrap_servers=bootstrap_servers,
+        partitions=partitions,
+        instance_id=instance_id,
+        raw_topics=(RawTopic(RAW, keyed_by_account=True),),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "meterline.toml"
+    config.write_text(settings_to_toml(settings))
+    create_topics(settings)
+    return Workers(settings, out, str(config))
