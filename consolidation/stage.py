@@ -143,13 +143,15 @@ class Consolidator:
             guard = self._guards.get(partition)
             if guard is None:
                 continue
-            first, _ = offsets.get(partition, (offset, offset))
-            offsets[partition] = (first, offset)
+            span = offsets.get(partition)
+            offsets[partition] = (offset, offset) if span is None else (span[0], offset)
             headers = dict(message.headers() or [])
             if not guard.admit(headers.get(LINEAGE_HEADER)):
                 metrics.REPLAYS_SKIPPED.labels(STAGE).inc()
                 continue
-            count = counts.setdefault(partition, Counter())
+            count = counts.get(partition)
+            if count is None:
+                count = counts[partition] = Counter()
             try:
                 row = decode_rated_row(message.value() or b"")
             except SchemaError as exc:

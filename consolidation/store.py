@@ -152,7 +152,8 @@ class RatedRows:
         columns: dict[str, Sequence[Any]] = {}
         if self.rows:
             columns.update(zip(RATED_FIELDS, zip(*self.rows, strict=True), strict=True))
-        columns["attributes"] = [orjson.dumps(values).decode() for values in columns.get("attributes", ())]
+        # As JSON text; Arrow takes orjson's UTF-8 bytes for a string column without a decode.
+        columns["attributes"] = [orjson.dumps(values) for values in columns.get("attributes", ())]
         columns["source_partition"] = self.source_partitions
         columns["source_offset"] = self.source_offsets
         arrays = [

@@ -105,14 +105,36 @@ def account_of(raw: bytes, fmt: str, max_size: int = DEFAULT_MAX_SIZE) -> str | 
         return None
     try:
         if fmt == "asterisk-csv":
-            found = _read_cdr(raw, {})
-        elif fmt in _JSON_FORMATS:
-            found = _read_json(raw, fmt, {})
-        else:
+            return _read_cdr(raw, {}).account_id or None
+        if fmt not in _JSON_FORMATS:
             return None
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _read_json(raw, fmt, {}).account_id or None  # the exact reader decides
+        return _json_account(doc, fmt)
     except Rejected:
         return None
-    return found.account_id or None
+
+
+def _json_account(doc: object, fmt: str) -> str | None:
+    """The account field of a JSON record, read by the rules of _fields but nothing else.
+
+    Producers run this for every record; a record whose other fields are invalid
+    still gets its account as key, which is harmless: validation rejects it anyway.
+    """
+    if type(doc) is not dict:
+        return None
+    if fmt == "auto":
+        fmt = detect_format(doc)
+    if fmt == "cloudevents":
+        return identifier(doc.get("subject"), "subject") or None
+    if fmt == "lago":
+        event = _lago_envelope(doc) or doc
+        customer = identifier(event.get("external_customer_id"), "external_customer_id")
+        subscription = identifier(event.get("external_subscription_id"), "external_subscription_id")
+        return customer or subscription or None
+    return identifier(doc.get("account_id"), "account_id") or None
 
 
 def detect_format(doc: Mapping[str, object]) -> str:

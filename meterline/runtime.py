@@ -43,6 +43,7 @@ from confluent_kafka import (
 
 from meterline import metrics
 from meterline.config import Settings
+from meterline.heap import settle_heap
 from meterline.kafka_config import consumer_config, transactional_producer_config
 from meterline.lineage import LINEAGE_HEADER, LineageGuard
 from meterline.topics import STATS, changelog_topic
@@ -240,8 +241,13 @@ class StageRunner:
         producer = self._producer
         try:
             producer.begin_transaction()
+            produce = producer.produce
             for out in result.outputs:
-                self._produce(out.topic, out.value, out.key, out.partition, out.headers)
+                try:  # the common case inline: one call per output record
+                    produce(out.topic, out.value, out.key, -1 if out.partition is None else out.partition,
+                            headers=out.headers)  # fmt: skip
+                except BufferError:
+                    self._produce(out.topic, out.value, out.key, out.partition, out.headers)
             for tp, entries in result.changelog.items():
                 topic = changelog_topic(tp[0], self.stage)
                 through = [(THROUGH_HEADER, str(next_offsets[tp] - 1).encode())]
@@ -370,6 +376,7 @@ class StageRunner:
             self._read_changelog(topic, members, committed)
         metrics.RESTORE_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
         self._log.info("state_restored", partitions=len(tps), seconds=round(time.perf_counter() - started, 3))
+        settle_heap()  # restored state lives as long as the assignment
         return {tp: (offset if offset >= 0 else OFFSET_BEGINNING) for tp, offset in committed.items()}
 
     def _read_changelog(self, input_topic: str, tps: list[TP], committed: dict[TP, int]) -> None:

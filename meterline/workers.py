@@ -13,6 +13,7 @@ from consolidation.stage import Consolidator
 from consolidation.store import BillingStore
 from mediation.stage import MediationProcessor
 from meterline.config import Settings
+from meterline.heap import settle_heap
 from meterline.kafka_config import client_config
 from meterline.logs import configure_logging, redact_config
 from meterline.metrics import serve_metrics
@@ -43,6 +44,7 @@ def run_worker(stage: str, settings: Settings) -> None:
     serve_metrics(settings.metrics_port)
     create_topics(settings)
     contracts, periods = _tables(settings, stage)
+    settle_heap()
     if stage == "consolidation":
         store = BillingStore(settings.out_dir)
         consolidator = Consolidator(settings, contracts, periods, store)

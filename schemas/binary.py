@@ -129,6 +129,9 @@ class Reader:
 
     def map(self) -> dict[str, str]:
         values: dict[str, str] = {}
+        if self.pos < len(self.data) and self.data[self.pos] == 0:  # an empty map: the usual case
+            self.pos += 1
+            return values
         while True:
             count = self.long()
             if count == 0:
@@ -141,6 +144,9 @@ class Reader:
                 values[key] = value
 
     def optional_string(self) -> str | None:
+        if self.pos < len(self.data) and self.data[self.pos] == 0:  # null: the usual case
+            self.pos += 1
+            return None
         branch = self.long()
         if branch == 0:
             return None
@@ -150,3 +156,7 @@ class Reader:
 
     def timestamp(self) -> datetime:
         return EPOCH + timedelta(microseconds=self.long())
+
+    def timestamp_micros(self) -> int:
+        """A timestamp-micros field as its number (Arrow takes it as is, no datetime needed)."""
+        return self.long()

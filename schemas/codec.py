@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from datetime import timedelta
 from decimal import Decimal
 from functools import cache
 from importlib import resources
@@ -19,6 +20,7 @@ import fastavro
 
 from meterline.records import RatedUsage, UsageEvent
 from schemas.binary import (
+    EPOCH,
     Reader,
     write_map,
     write_optional_string,
@@ -180,7 +182,8 @@ RATED_FIELDS: Final = (
 
 
 def decode_rated_row(data: bytes) -> list[Any]:
-    """The rated record's values in RATED_FIELDS order, decimals still text.
+    """The rated record's values in RATED_FIELDS order, decimals still text, event_time in
+    microseconds since the epoch.
 
     A list rather than a dict or an object: the sink works column-wise, and this is
     the per-event hot path of consolidation.
@@ -188,7 +191,7 @@ def decode_rated_row(data: bytes) -> list[Any]:
     reader = _reader(data, RATED_SCHEMA_ID)
     try:
         row: list[Any] = reader.strings(4)
-        row.append(reader.timestamp())
+        row.append(reader.timestamp_micros())
         row.append(reader.map())
         row.append(reader.optional_string())
         row.extend(reader.strings(12))
@@ -201,4 +204,6 @@ def decode_rated_row(data: bytes) -> list[Any]:
 
 def decode_rated_record(data: bytes) -> dict[str, Any]:
     """The rated record as a plain dict (decimal fields still text), for tools and tests."""
-    return dict(zip(RATED_FIELDS, decode_rated_row(data), strict=True))
+    record = dict(zip(RATED_FIELDS, decode_rated_row(data), strict=True))
+    record["event_time"] = EPOCH + timedelta(microseconds=record["event_time"])
+    return record

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mediation.formats import FORMATS, detect_format, parse_record
+from mediation.formats import FORMATS, account_of, detect_format, parse_record
 from meterline.catalog import Meter
 from meterline.reasons import (
     FUTURE_TIMESTAMP,
@@ -1000,3 +1000,25 @@ def test_damaged_samples_only_ever_reject(
         position %= len(raw) + 1
         raw = raw[:position] + inserted + raw[position + removed :]
     check_outcome(raw, fmt)
+
+
+@REJECTED_OR_EVENT
+@given(
+    sample=st.sampled_from(SAMPLES),
+    edits=st.lists(st.tuples(st.integers(0, 400), st.binary(max_size=3), st.integers(0, 3)), max_size=3),
+    fmt=st.sampled_from(["auto", "json", "cloudevents", "lago"]),
+)
+def test_account_of_agrees_with_parsing(
+    sample: tuple[bytes, str], edits: list[tuple[int, bytes, int]], fmt: str
+) -> None:
+    # Producers key raw records by account_of; every valid event must land where mediation reads its account.
+    raw, sample_fmt = sample
+    fmt = sample_fmt if sample_fmt == "asterisk-csv" else fmt
+    for position, inserted, removed in edits:
+        position %= len(raw) + 1
+        raw = raw[:position] + inserted + raw[position + removed :]
+    try:
+        event = parse_record(raw, fmt, METERS, NOW)
+    except Rejected:
+        return
+    assert account_of(raw, fmt) == event.account_id
