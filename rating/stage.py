@@ -98,7 +98,6 @@ class RatingProcessor:
                     self._reject(rejection, record, counts, result)
                     continue
                 rated = next(rated_iter)
-                counts["rated"] += 1
                 result.outputs.append(
                     OutputRecord(
                         RATED,
@@ -109,6 +108,7 @@ class RatingProcessor:
                         [(LINEAGE_HEADER, lineage_value(record.topic, record.partition, record.offset))],
                     )
                 )
+            counts["rated"] += len(batch.rated)
             changelog = result.changelog.setdefault(tp, [])
             for key in batch.changed:
                 changelog.append((_state_key(key), str(state.aggregates[key]).encode()))
