@@ -122,6 +122,9 @@ CREATE TABLE IF NOT EXISTS consumer_positions(
 """
 
 
+_PERIOD = RATED_FIELDS.index("period")
+
+
 class RatedRows:
     """The rated records of one batch and partition, as rows of decode_rated_row.
 
@@ -149,23 +152,21 @@ class RatedRows:
         return len(self.rows)
 
     def table(self) -> pa.Table:
-        columns: dict[str, Sequence[Any]] = {}
+        columns: dict[str, Sequence[Any]] = dict.fromkeys(RATED_FIELDS, ())
         if self.rows:
             columns.update(zip(RATED_FIELDS, zip(*self.rows, strict=True), strict=True))
         # As JSON text; Arrow takes orjson's UTF-8 bytes for a string column without a decode.
-        columns["attributes"] = [orjson.dumps(values) for values in columns.get("attributes", ())]
+        columns["attributes"] = [orjson.dumps(values) for values in columns["attributes"]]
         columns["source_partition"] = self.source_partitions
         columns["source_offset"] = self.source_offsets
         arrays = [
-            pc.cast(pa.array(columns.get(f.name, []), pa.string()), f.type)
+            pc.cast(pa.array(columns[f.name], pa.string()), f.type)
             if pa.types.is_decimal(f.type)
-            else pa.array(columns.get(f.name, []), f.type)
+            else pa.array(columns[f.name], f.type)
             for f in RATED_SCHEMA
         ]
         return pa.Table.from_arrays(arrays, schema=RATED_SCHEMA)
 
-
-_PERIOD = RATED_FIELDS.index("period")
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,7 +127,7 @@ def produce_inputs(
     for item in inputs:
         headers = [(FORMAT_HEADER, item.format.encode())]
         for record in read_records(item):
-            account = account_of(record, item.format) if key_by_account else None
+            account = account_of(record, item.format, settings.max_record_bytes) if key_by_account else None
             key = account.encode() if account is not None else None
             while True:
                 try:

@@ -69,9 +69,11 @@ def run_worker(stage: str, settings: Settings) -> None:
         inputs = [t.name for t in settings.raw_topics]
         if any(not t.keyed_by_account for t in settings.raw_topics):
             inputs.append(REPARTITION)
-        runner = StageRunner(processor, settings, inputs)
+        runner = StageRunner(processor, settings, inputs, after_restore=settle_heap)
     else:
-        runner = StageRunner(RatingProcessor(contracts, periods), settings, [MEDIATED])
+        runner = StageRunner(
+            RatingProcessor(contracts, periods), settings, [MEDIATED], after_restore=settle_heap
+        )
     runner.install_signal_handlers()
     try:
         runner.run()

@@ -16,6 +16,8 @@ from functools import lru_cache
 _SMALL = [bytes([n]) for n in range(128)]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_FIRST_MICROS = (datetime.min.replace(tzinfo=UTC) - EPOCH) // _MICROSECOND
+_LAST_MICROS = (datetime.max.replace(tzinfo=UTC) - EPOCH) // _MICROSECOND
 
 
 class TruncatedRecord(ValueError):
@@ -48,7 +50,7 @@ def write_repeated_string(value: str) -> bytes:
     return write_string(value)
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=1 << 16)
 def write_repeated_strings(*values: str) -> bytes:
     """Several consecutive repeated string fields as one memoised piece (e.g. the enrichment
     fields, which are the same for every event of an account in a period)."""
@@ -158,5 +160,9 @@ class Reader:
         return EPOCH + timedelta(microseconds=self.long())
 
     def timestamp_micros(self) -> int:
-        """A timestamp-micros field as its number (Arrow takes it as is, no datetime needed)."""
-        return self.long()
+        """A timestamp-micros field as its number (Arrow takes it as is, no datetime needed);
+        checked to be an instant a datetime can hold, as timestamp() would be."""
+        micros = self.long()
+        if not _FIRST_MICROS <= micros <= _LAST_MICROS:
+            raise ValueError(f"timestamp {micros} is outside years 1..9999")
+        return micros

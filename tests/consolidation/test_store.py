@@ -30,7 +30,7 @@ def record(event_id: str, period: str = "2026-09", amount: str = "0.002", after:
         "model": "flat",
         "contract_id": "alpha-1",
         "plan_id": "basic-eur",
-        "event_time": datetime(2026, 9, 10, tzinfo=UTC),
+        "event_time": 1_788_998_400_000_000,  # 2026-09-10T00:00:00Z in microseconds, as decoded
         "quantity": "1",
         "rated_quantity": "1",
         "amount": amount,

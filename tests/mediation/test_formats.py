@@ -1022,3 +1022,27 @@ def test_account_of_agrees_with_parsing(
     except Rejected:
         return
     assert account_of(raw, fmt) == event.account_id
+
+
+@pytest.mark.parametrize(
+    ("record", "fmt", "account"),
+    [
+        ({"event_id": "e1", "account_id": 42, "meter": "api_calls", "quantity": 1,
+          "timestamp": "2026-03-01T00:00:00Z"}, "json", "42"),
+        ({"specversion": "1.0", "id": "e1", "source": "s", "type": "api_calls", "subject": "acme",
+          "time": "2026-03-01T00:00:00Z", "data": {"quantity": 1}}, "auto", "acme"),
+        ({"transaction_id": "t1", "external_customer_id": "", "external_subscription_id": "sub-9",
+          "code": "api_calls", "timestamp": 1772323200, "properties": {"quantity": 1}}, "lago", "sub-9"),
+        ({"event": {"transaction_id": "t1", "external_customer_id": "cust-1", "code": "api_calls",
+                    "timestamp": 1772323200, "properties": {"quantity": 1}}}, "auto", "cust-1"),
+        ({"event_id": "e1", "account_id": "a", "meter": "api_calls", "quantity": 1e400,
+          "timestamp": "2026-03-01T00:00:00Z"}, "json", "a"),
+    ],
+)  # fmt: skip
+def test_account_of_reads_the_account_parsing_reads(record: dict[str, Any], fmt: str, account: str) -> None:
+    raw = json.dumps(record).encode().replace(b"Infinity", b"1e400")  # a number orjson cannot hold
+    assert account_of(raw, fmt) == account
+    try:
+        assert parse_record(raw, fmt, METERS, NOW).account_id == account
+    except Rejected as rejection:  # still keyed by its account; rejected by validation, not by keying
+        assert rejection.reason == "invalid_quantity", rejection

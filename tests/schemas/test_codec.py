@@ -13,11 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meterline.records import RatedUsage, UsageEvent
+from schemas.binary import write_long, write_string
 from schemas.codec import (
     SchemaError,
     avro_schema,
     decode_rated,
     decode_rated_record,
+    decode_rated_row,
     decode_usage,
     encode_rated,
     encode_rated_after,
@@ -121,9 +123,39 @@ def test_any_bytes_decode_or_raise_schema_error(tail: bytes) -> None:
     for data, decode, kind in (
         (b"\x00\x00\x00\x00\x01" + tail, decode_usage, UsageEvent),
         (b"\x00\x00\x00\x00\x02" + tail, decode_rated, RatedUsage),
+        (b"\x00\x00\x00\x00\x02" + tail, decode_rated_row, list),
     ):
         try:
             decoded: object = decode(data)  # type: ignore[operator]
         except SchemaError as error:
             decoded = error
         assert isinstance(decoded, kind | SchemaError)
+
+
+def rated_bytes(event_time_micros: int) -> bytes:
+    """A rated record written field by field (usage_rated.avsc order), with any event time."""
+    strings = ("json", "c", "p", "EUR", "2026-09", "ch", "flat", "1", "2", "0", "1", "INV")
+    return b"".join(
+        [
+            b"\x00\x00\x00\x00\x02",
+            *(write_string(value) for value in ("e", "a", "m", "1")),
+            write_long(event_time_micros),
+            b"\x00",  # no attributes
+            b"\x00",  # value: null
+            *(write_string(value) for value in strings),
+        ]
+    )
+
+
+def test_rated_rows_hold_event_times_as_microseconds_within_datetime_range() -> None:
+    micros = (datetime(2026, 9, 10, 1, 2, 3, 4, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+        microseconds=1
+    )
+    row = decode_rated_row(rated_bytes(micros))
+    assert row[4] == micros
+    assert decode_rated_record(rated_bytes(micros))["event_time"] == datetime(
+        2026, 9, 10, 1, 2, 3, 4, tzinfo=UTC
+    )
+    # The sink takes the number as is, so an instant no datetime can hold is refused here, per record.
+    with pytest.raises(SchemaError, match="outside years"):
+        decode_rated_row(rated_bytes(2**62))
