@@ -168,7 +168,6 @@ class RatedRows:
         return pa.Table.from_arrays(arrays, schema=RATED_SCHEMA)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Position:
     next_offset: int
