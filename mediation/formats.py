@@ -26,9 +26,9 @@ from typing import Final
 
 import orjson
 
+from mediation.literals import IntLiteral
 from mediation.normalize import (
     FieldNames,
-    IntLiteral,
     RawUsage,
     TimestampStyle,
     attribute_text,

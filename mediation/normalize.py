@@ -21,11 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, ROUND_FLOOR, Context, Decimal
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 
 import orjson
 
 from mediation import units
+from mediation.literals import IntLiteral
 from meterline.catalog import Meter
 from meterline.reasons import (
     FUTURE_TIMESTAMP,
@@ -68,12 +69,6 @@ _ISO_TIME: Final = re.compile(
 _CDR_TIME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?")
 
 
-class IntLiteral(Decimal):
-    """A JSON integer literal read exactly (as opposed to a number with a fraction or exponent)."""
-
-    __slots__ = ()
-
-
 @dataclass(frozen=True, slots=True)
 class FieldNames:
     """What a format calls the core fields, for rejection details."""
@@ -82,6 +77,11 @@ class FieldNames:
     account_id: str
     meter: str
     timestamp: str
+
+
+# A value as a format reader found it (JSON scalar, CSV text, ...). A named alias rather than
+# a bare `object` annotation: mypyc resolves dataclass field types by name in the module.
+FoundValue: TypeAlias = object
 
 
 @dataclass(slots=True)  # not frozen: built once per record, and frozen __init__ is several times slower
@@ -98,10 +98,10 @@ class RawUsage:
     account_id: str | None
     meter: str | None
     catalog_meter: Meter | None  # None: not in the catalog (enrichment rejects it as unknown_meter)
-    timestamp: object
+    timestamp: FoundValue
     timestamp_style: TimestampStyle
     attributes: dict[str, str]
-    quantity: object = None
+    quantity: FoundValue = None
     quantity_field: str = "quantity"
     value: str | None = None
     value_field: str = ""

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from meterline.broker import EmbeddedBroker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test stale compiled code: an extension built by mypyc (setup.py) shadows
+    its .py, so an edit is invisible until `make` rebuilds it."""
+    extensions = [path for path in ROOT.glob("*/*.cpython-*.so") if path.parent.name != "build"]
+    if not extensions:
+        return  # plain Python
+    stamp = ROOT / ".venv" / ".compiled"
+    built = stamp.stat().st_mtime if stamp.exists() else min(path.stat().st_mtime for path in extensions)
+    sources = [path.with_name(path.name.split(".")[0] + ".py") for path in extensions]
+    stale = sorted(str(p.relative_to(ROOT)) for p in sources if p.exists() and p.stat().st_mtime > built)
+    if stale:
+        pytest.exit(
+            f"compiled modules are older than their sources ({', '.join(stale)}): "
+            "run `make unit` (or `make .venv/.compiled`) to rebuild them, or `make clean` for plain Python",
+            returncode=2,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from tests.strategies import catalog_with, usage_event
 STORAGE = Meter("storage", "GB-hour", "sum")
 EU = Charge(
     "storage-eu", "storage", "flat", unit_price=Decimal("0.02"),
-    filters=ChargeFilters(attributes={"region": ("eu-west",)}),
+    filters=ChargeFilters(attributes={"region": frozenset({"eu-west"})}),
 )  # fmt: skip
 CATALOG = catalog_with([STORAGE], [EU])
 
