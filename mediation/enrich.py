@@ -17,9 +17,23 @@ def local_time(event: UsageEvent, catalog: Catalog) -> tuple[Account | None, dat
     return account, event.event_time.astimezone(account.zone)
 
 
+# Periods by year * 16 + month: formatting "YYYY-MM" costs more than the rest of enrichment,
+# and an event stream names few months.
+_PERIODS: dict[int, str] = {}
+
+
+def period_of(local: datetime) -> str:
+    """The billing period (YYYY-MM) of an event's local time."""
+    key = local.year * 16 + local.month
+    period = _PERIODS.get(key)
+    if period is None:
+        period = _PERIODS[key] = f"{local.year:04d}-{local.month:02d}"
+    return period
+
+
 def dedup_bucket(local: datetime) -> str:
     """The period a dedup key is remembered under: the month of the event's local time."""
-    return f"{local.year:04d}-{local.month:02d}"
+    return period_of(local)
 
 
 def enrich(event: UsageEvent, catalog: Catalog, account: Account | None, local: datetime) -> UsageEvent:
@@ -49,5 +63,5 @@ def enrich(event: UsageEvent, catalog: Catalog, account: Account | None, local: 
         contract.id,
         plan.id,
         plan.currency,
-        f"{local.year:04d}-{local.month:02d}",
+        period_of(local),
     )

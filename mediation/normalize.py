@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, ROUND_FLOOR, Context, Decimal
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal
 
 import orjson
 
@@ -79,33 +79,53 @@ class FieldNames:
     timestamp: str
 
 
-# A value as a format reader found it (JSON scalar, CSV text, ...). A named alias rather than
-# a bare `object` annotation: mypyc resolves dataclass field types by name in the module.
-FoundValue: TypeAlias = object
-
-
-@dataclass(slots=True)  # not frozen: built once per record, and frozen __init__ is several times slower
 class RawUsage:
     """A record's fields as found by a format reader, not yet validated.
 
     `None` (or "") means absent. `quantity` and `timestamp` are raw values; `value`
-    is the counted value of a unique_count meter, already rendered as text.
+    is the counted value of a unique_count meter, already rendered as text;
+    `refusal` says why a record is not billable (e.g. an unanswered call).
+
+    A plain class, not a dataclass: one is built per record, and mypyc compiles this
+    __init__ (a dataclass's is generated at import time and stays interpreted).
     """
 
-    source_format: str
-    names: FieldNames
-    event_id: str | None
-    account_id: str | None
-    meter: str | None
-    catalog_meter: Meter | None  # None: not in the catalog (enrichment rejects it as unknown_meter)
-    timestamp: FoundValue
-    timestamp_style: TimestampStyle
-    attributes: dict[str, str]
-    quantity: FoundValue = None
-    quantity_field: str = "quantity"
-    value: str | None = None
-    value_field: str = ""
-    refusal: str | None = None  # why the record is not billable, e.g. an unanswered call
+    __slots__ = (
+        "account_id", "attributes", "catalog_meter", "event_id", "meter", "names", "quantity",
+        "quantity_field", "refusal", "source_format", "timestamp", "timestamp_style", "value", "value_field",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        source_format: str,
+        names: FieldNames,
+        event_id: str | None,
+        account_id: str | None,
+        meter: str | None,
+        catalog_meter: Meter | None,  # None: not in the catalog (enrichment rejects it as unknown_meter)
+        timestamp: object,
+        timestamp_style: TimestampStyle,
+        attributes: dict[str, str],
+        quantity: object = None,
+        quantity_field: str = "quantity",
+        value: str | None = None,
+        value_field: str = "",
+        refusal: str | None = None,
+    ) -> None:
+        self.source_format = source_format
+        self.names = names
+        self.event_id = event_id
+        self.account_id = account_id
+        self.meter = meter
+        self.catalog_meter = catalog_meter
+        self.timestamp = timestamp
+        self.timestamp_style = timestamp_style
+        self.attributes = attributes
+        self.quantity = quantity
+        self.quantity_field = quantity_field
+        self.value = value
+        self.value_field = value_field
+        self.refusal = refusal
 
 
 def to_event(raw: RawUsage, now: datetime) -> UsageEvent:
