@@ -13,6 +13,7 @@ from pathlib import Path
 import confluent_kafka
 from confluent_kafka import Producer
 
+import schemas.binary
 from meterline.config import RawTopic, Settings, settings_to_toml
 from meterline.kafka_config import plain_producer_config
 from meterline.pipeline import Workers
@@ -40,12 +41,18 @@ def _cpu_model() -> str | None:
     return None
 
 
+def _build() -> str:
+    """Whether the hot path runs compiled (mypyc, see setup.py) or interpreted: figures differ a lot."""
+    compiled = Path(schemas.binary.__file__).suffix == ".so"
+    return "hot path compiled with mypyc" if compiled else "plain Python (hot path not compiled)"
+
+
 def machine() -> str:
     cpu = _cpu_model()
     return (
         f"{os.cpu_count()} cores{f' ({cpu})' if cpu else ''}, Python {platform.python_version()}, "
         f"librdkafka {confluent_kafka.libversion()[0]}, confluent-kafka {confluent_kafka.version()}, "
-        f"{platform.system()} {platform.release()} {platform.machine()}"
+        f"{platform.system()} {platform.release()} {platform.machine()}, {_build()}"
     )
 
 
