@@ -23,6 +23,7 @@ COMPILED = [
     "schemas/codec.py",
     "meterline/catalog.py",
     "meterline/lineage.py",
+    "meterline/messages.py",
     "meterline/records.py",
     "mediation/dedup.py",
     "mediation/enrich.py",

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import orjson
 import structlog
@@ -45,6 +45,7 @@ from meterline import metrics
 from meterline.config import Settings
 from meterline.kafka_config import consumer_config, transactional_producer_config
 from meterline.lineage import LINEAGE_HEADER, LineageGuard
+from meterline.messages import InputRecord, OutputRecord
 from meterline.topics import STATS, changelog_topic
 
 log = structlog.get_logger()
@@ -52,23 +53,6 @@ log = structlog.get_logger()
 TP = tuple[str, int]
 META_KEY = b"\x00meta"
 THROUGH_HEADER = "ml.through"
-
-
-class InputRecord(NamedTuple):  # a NamedTuple: built once per consumed message, so cheap matters
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, bytes]
-
-
-class OutputRecord(NamedTuple):
-    topic: str
-    value: bytes | None
-    key: bytes | None = None
-    partition: int | None = None
-    headers: list[tuple[str, bytes]] | None = None
 
 
 @dataclass(slots=True)

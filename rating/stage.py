@@ -10,9 +10,10 @@ from decimal import Decimal
 from meterline import metrics
 from meterline.dlq import dead_letter_headers
 from meterline.lineage import LINEAGE_HEADER, lineage_value
+from meterline.messages import InputRecord, OutputRecord
 from meterline.reasons import MALFORMED, PERIOD_CLOSED, Rejected
 from meterline.records import UsageEvent
-from meterline.runtime import TP, BatchResult, InputRecord, OutputRecord
+from meterline.runtime import TP, BatchResult
 from meterline.tables import ContractsTable, PeriodsTable
 from meterline.topics import RATED, REJECTED
 from rating.rater import AggregateKey, RatingState, rate_batch

@@ -19,7 +19,8 @@ from confluent_kafka.admin import AdminClient
 from meterline.broker import EmbeddedBroker
 from meterline.config import Settings
 from meterline.lineage import LINEAGE_HEADER, lineage_value
-from meterline.runtime import TP, BatchResult, InputRecord, OutputRecord, StageRunner
+from meterline.messages import InputRecord, OutputRecord
+from meterline.runtime import TP, BatchResult, StageRunner
 from meterline.topics import LOG, STATS, changelog_topic, ensure_topics
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from meterline.catalog import Charge, ChargeFilters, Meter
 from meterline.lineage import LINEAGE_HEADER, lineage_value
-from meterline.runtime import InputRecord
+from meterline.messages import InputRecord
 from meterline.tables import ContractsTable, PeriodsTable
 from meterline.topics import MEDIATED, RATED, REJECTED
 from rating.stage import RatingProcessor
