@@ -25,6 +25,7 @@ COMPILED = [
     "meterline/lineage.py",
     "meterline/messages.py",
     "meterline/records.py",
+    "meterline/runtime.py",
     "mediation/dedup.py",
     "mediation/enrich.py",
     "mediation/formats.py",

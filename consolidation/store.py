@@ -213,11 +213,15 @@ class BillingStore:
         return {p: Position(o, orjson.loads(lin), orjson.loads(cnt)) for p, o, lin, cnt in rows}
 
     def discard_uncommitted_files(self, partition: int, next_offset: int) -> None:
-        """Remove rated-usage files of batches that were written but never committed."""
-        for path in (self.out / "rated_usage").glob(f"*/part-{partition:03d}-*.parquet"):
+        """Remove rated-usage files of batches that were written but never committed, and the
+        temporary files of writes a killed process left half done (see write_parquet_atomically)."""
+        folder = self.out / "rated_usage"
+        for path in folder.glob(f"*/part-{partition:03d}-*.parquet"):
             first = int(path.stem.split("-")[2])
             if first >= next_offset:
                 path.unlink()
+        for path in folder.glob(f"*/.part-{partition:03d}-*.parquet.tmp-*"):
+            path.unlink(missing_ok=True)
 
     # -- one batch -----------------------------------------------------------
 

@@ -86,6 +86,18 @@ def test_rated_files_split_by_period_and_uncommitted_ones_are_discarded(store: B
     assert store.db.execute("SELECT count(*) FROM rated_usage").fetchone() == (2,)
 
 
+def test_temporary_files_of_a_killed_writer_are_removed_on_restart(store: BillingStore) -> None:
+    folder = store.out / "rated_usage" / "period=2026-10"
+    folder.mkdir(parents=True)
+    mine = folder / ".part-001-000000000012-000000000020.parquet.tmp-4242"
+    other_partition = folder / ".part-002-000000000012-000000000020.parquet.tmp-4242"
+    mine.write_bytes(b"half a Parquet file")
+    other_partition.write_bytes(b"half a Parquet file")
+    store.discard_uncommitted_files(1, 12)
+    assert not mine.exists()
+    assert other_partition.exists()  # another partition's owner may be writing it right now
+
+
 def test_apply_batch_accumulates_totals_and_positions(store: BillingStore) -> None:
     key: Key = ("alpha", "2026-09", "eur-api", "api_calls", "alpha-1")
     store.apply_batch(
