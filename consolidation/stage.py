@@ -31,6 +31,7 @@ from meterline import metrics
 from meterline.catalog import period_bounds, period_start_instant
 from meterline.config import Settings
 from meterline.dlq import dead_letter_headers
+from meterline.health import HEALTH
 from meterline.kafka_config import consumer_config, plain_producer_config
 from meterline.lineage import LINEAGE_HEADER, LineageGuard
 from meterline.reasons import MALFORMED, PERIOD_CLOSED
@@ -84,7 +85,7 @@ class Consolidator:
             [RATED], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
         self._apply_closes()
-        metrics.set_healthy(True)
+        HEALTH.start(STAGE)
         metrics.READY.labels(STAGE).set(1)
         log.info("stage_started", out=str(self.store.out))
         last_preview = last_housekeeping = time.monotonic()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from meterline.health import HEALTH
 
 CONSUMED = Counter("meterline_events_consumed_total", "Records consumed", ["stage", "topic"])
 PRODUCED = Counter("meterline_events_produced_total", "Records produced (outputs)", ["stage", "topic"])
@@ -57,28 +58,22 @@ RECONCILIATION_ERRORS = Counter(
 )
 READY = Gauge("meterline_ready", "1 once the process has restored its state and is processing", ["stage"])
 
-_healthy = threading.Event()
-_last_beat = [time.monotonic()]
-# A worker whose loop has not turned for this long is reported unhealthy (a hung
-# client, a stuck commit); restores beat too, so a long restore is not a hang.
-STALL_SECONDS = 120.0
-
-
-def set_healthy(value: bool = True) -> None:
-    if value:
-        beat()
-        _healthy.set()
-    else:
-        _healthy.clear()
-
-
-def beat() -> None:
-    """The main loop (or a restore) made progress."""
-    _last_beat[0] = time.monotonic()
-
-
-def healthy() -> bool:
-    return _healthy.is_set() and time.monotonic() - _last_beat[0] < STALL_SECONDS
+CONTROL_RECORDS_SKIPPED = Counter(
+    "meterline_control_records_skipped_total",
+    "Unreadable records on a control topic (contracts, periods), skipped",
+    ["topic"],
+)
+CLOSE_ACCOUNTS_SKIPPED = Counter(
+    "meterline_close_accounts_skipped_total",
+    "Accounts with usage that a period close could not finalize (reported, never silent)",
+    ["period"],
+)
+INTERNAL_ERRORS = Counter(
+    "meterline_internal_errors_total", "Records a stage failed on unexpectedly (sent to the DLQ)", ["stage"]
+)
+DLQ_TRUNCATED = Counter(
+    "meterline_dlq_truncated_total", "DLQ copies cut to fit the DLQ topic's record size", ["stage"]
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -86,8 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/metrics"):
             body, status, kind = generate_latest(), 200, CONTENT_TYPE_LATEST
         elif self.path.startswith("/healthz"):
-            ok = healthy()
-            body, status, kind = (b"ok\n" if ok else b"starting\n"), (200 if ok else 503), "text/plain"
+            ok, reason = HEALTH.status()
+            body, status, kind = (reason + "\n").encode(), (200 if ok else 503), "text/plain"
         else:
             body, status, kind = b"not found\n", 404, "text/plain"
         self.send_response(status)

@@ -20,6 +20,8 @@ NO_CONTRACT_IN_EFFECT: Final = "no_contract_in_effect"
 UNKNOWN_METER: Final = "unknown_meter"
 NO_MATCHING_CHARGE: Final = "no_matching_charge"
 PERIOD_CLOSED: Final = "period_closed"
+# Anything else that raised while a stage transformed one record (detail: the error).
+INTERNAL_ERROR: Final = "internal_error"
 
 REASONS: Final = (
     TOO_LARGE,
@@ -34,6 +36,7 @@ REASONS: Final = (
     UNKNOWN_METER,
     NO_MATCHING_CHARGE,
     PERIOD_CLOSED,
+    INTERNAL_ERROR,
 )
 
 # Reasons decided before deduplication: such records never enter the seen-set,

@@ -43,6 +43,7 @@ from confluent_kafka import (
 
 from meterline import metrics
 from meterline.config import Settings
+from meterline.health import HEALTH
 from meterline.kafka_config import consumer_config, transactional_producer_config
 from meterline.lineage import LINEAGE_HEADER, LineageGuard
 from meterline.messages import InputRecord, OutputRecord
@@ -130,12 +131,12 @@ class StageRunner:
         self._consumer.subscribe(
             self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        metrics.set_healthy(True)
+        HEALTH.start(self.stage)
         metrics.READY.labels(self.stage).set(1)
         self._log.info("stage_started", inputs=self.input_topics, instance=s.instance_id)
         try:
             while not self._stopping and not should_stop():
-                metrics.beat()
+                HEALTH.beat()
                 self.processor.idle()
                 waited = time.perf_counter()
                 messages = self._consumer.consume(s.batch_size, s.batch_timeout_s)
@@ -411,6 +412,6 @@ class StageRunner:
                         chunk.setdefault(partition, []).append((key, message.value()))
                 for partition, entries in chunk.items():
                     self.processor.restore((input_topic, partition), iter(entries))
-                metrics.beat()
+                HEALTH.beat()
         finally:
             reader.close()
