@@ -10,12 +10,14 @@ truncated at some precision first, so no double rounding can move a cent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
-from types import MappingProxyType
 from typing import Final
 
 from meterline.catalog import RoundingMode
+from meterline.currency import MINOR_UNITS, UnknownCurrencyError, minor_units
+
+# The ISO 4217 table itself lives in the kernel (meterline.currency), shared with
+# catalog validation, so a catalog that validates can always be invoiced.
 
 __all__ = [
     "MINOR_UNITS",
@@ -24,52 +26,6 @@ __all__ = [
     "round_money",
     "round_money_ratio",
 ]
-
-
-class UnknownCurrencyError(ValueError):
-    """A currency code that is not an active ISO 4217 code with minor units.
-
-    Raised instead of guessing two decimals: an invoice in an unknown currency
-    would be rounded wrongly, silently.
-    """
-
-    def __init__(self, currency: str) -> None:
-        super().__init__(f"unknown currency {currency!r}: not an ISO 4217 code with minor units")
-        self.currency = currency
-
-
-_ZERO_DECIMALS = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
-_THREE_DECIMALS = "BHD IQD JOD KWD LYD OMR TND"
-_FOUR_DECIMALS = "CLF UYW"
-_TWO_DECIMALS = (
-    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP "
-    "BYN BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD "
-    "FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD "
-    "KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD "
-    "NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP "
-    "SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED "
-    "VES WST XCD XCG YER ZAR ZMW ZWG"
-)
-
-# Active ISO 4217 codes -> number of decimals of their minor unit. Codes with no
-# minor unit in the standard (precious metals, XDR, test codes) are left out on
-# purpose: nothing can be invoiced in them.
-MINOR_UNITS: Mapping[str, int] = MappingProxyType(
-    {
-        **dict.fromkeys(_TWO_DECIMALS.split(), 2),
-        **dict.fromkeys(_ZERO_DECIMALS.split(), 0),
-        **dict.fromkeys(_THREE_DECIMALS.split(), 3),
-        **dict.fromkeys(_FOUR_DECIMALS.split(), 4),
-    }
-)
-
-
-def minor_units(currency: str) -> int:
-    """Decimals of the currency's minor unit (EUR 2, JPY 0, BHD 3); raises UnknownCurrencyError."""
-    try:
-        return MINOR_UNITS[currency.upper()]
-    except KeyError:
-        raise UnknownCurrencyError(currency) from None
 
 
 # quantize() rounds exactly once, in C; the precision only has to hold the result's digits.

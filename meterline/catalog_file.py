@@ -52,6 +52,7 @@ from meterline.catalog import (
     RoundingMode,
     Tier,
 )
+from meterline.currency import is_currency
 
 __all__ = [
     "CatalogError",
@@ -451,9 +452,15 @@ class _CatalogBuilder:
                     description=fee.get("description") or fee["id"],
                 )
             )
+        currency: str = spec["currency"]
+        if not is_currency(currency):
+            self.fail(
+                (*path, "currency"),
+                f"{currency!r} is not an ISO 4217 currency with minor units (e.g. EUR, USD, JPY)",
+            )
         return Plan(
             id=plan_id,
-            currency=spec["currency"],
+            currency=currency,
             rounding=cast(RoundingMode, spec.get("rounding", "half_even")),
             charges=charges,
             recurring=tuple(recurring),

@@ -34,6 +34,7 @@ import orjson
 from meterline import reasons
 from meterline.catalog import Catalog, Charge, Meter, Plan, period_bounds, zone
 from meterline.catalog_file import parse_catalog
+from meterline.currency import minor_units
 
 __all__ = ["BAD_REASONS", "generate_catalog", "generate_events", "planned_counts"]
 
@@ -53,7 +54,6 @@ _CURRENCIES: Final = ("EUR", "USD", "GBP", "JPY")
 _CURRENCY_WEIGHTS: Final = (45, 30, 20, 5)
 # Price levels per currency; prices are written in EUR and scaled exactly.
 _PRICE_SCALE: Final = {"EUR": Decimal(1), "USD": Decimal("1.1"), "GBP": Decimal("0.9"), "JPY": Decimal(150)}
-_MINOR_UNITS: Final = {"EUR": 2, "USD": 2, "GBP": 2, "JPY": 0}
 # USD plans round half-up to show both modes; one currency keeps one mode, so a
 # plan change within a currency never mixes modes in a period.
 _ROUNDING: Final = {"EUR": "half_even", "USD": "half_up", "GBP": "half_even", "JPY": "half_even"}
@@ -92,7 +92,7 @@ def _price(eur_text: str, currency: str) -> str:
 
 def _amount(eur_text: str, currency: str) -> str:
     """A money amount scaled to the currency and rounded to its minor units."""
-    minor = Decimal(1).scaleb(-_MINOR_UNITS[currency])
+    minor = Decimal(1).scaleb(-minor_units(currency))
     return format((Decimal(eur_text) * _PRICE_SCALE[currency]).quantize(minor, ROUND_HALF_EVEN), "f")
 
 

@@ -532,3 +532,27 @@ def test_any_damage_is_a_catalog_error_or_a_valid_catalog(
         parse_catalog(doc, source="fuzz")
     except CatalogError as error:
         assert str(error).startswith("fuzz: ") and "\n" not in str(error)
+
+
+# --------------------------------------------------------------------------- currencies
+
+
+@pytest.mark.parametrize("currency", ["XAU", "XDR", "XTS", "ABC", "EUX"])
+def test_currency_outside_iso_4217_is_rejected_at_its_path(currency: str, tmp_path: Path) -> None:
+    # Reproduced defect: XAU validated, then consolidation raised UnknownCurrencyError
+    # while assembling the draft.
+    path = tmp_path / "catalog.yaml"
+    path.write_text(EXAMPLE.read_text().replace("currency: EUR", f"currency: {currency}", 1))
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    error = caught.value
+    assert error.source == "catalog.yaml"
+    assert error.path == "plans[0].currency"
+    assert f"'{currency}' is not an ISO 4217 currency" in error.problem
+
+
+@pytest.mark.parametrize("currency", ["EUR", "USD", "JPY", "BHD", "CLF", "CHF"])
+def test_iso_4217_currencies_validate(currency: str) -> None:
+    document = minimal()
+    document["plans"][0]["currency"] = currency
+    assert parse_catalog(document).plans["p"].currency == currency
