@@ -78,6 +78,18 @@ class PeriodKeys:
             self.compact()
         return verdicts
 
+    def discard(self, key: bytes) -> None:
+        """Forget one key (a record that failed after its key was admitted gives it back)."""
+        if key in self.recent:
+            self.recent.discard(key)
+            return
+        self._merge_pending()
+        frozen = self.frozen
+        probe = np.array([key], dtype=_DTYPE)
+        index = int(np.searchsorted(frozen, probe)[0])
+        if index < len(frozen) and bool(frozen[index : index + 1] == probe):
+            self.frozen = np.delete(frozen, index)
+
     def add_block(self, block: bytes) -> None:
         """Keys restored from a changelog block (concatenated digests); merged lazily."""
         self._pending.append(np.frombuffer(block, dtype=_DTYPE))
@@ -135,6 +147,11 @@ class SeenSet:
             for i, verdict in zip(indices, period_keys.admit([keys[i] for i in indices]), strict=True):
                 verdicts[i] = verdict
         return verdicts
+
+    def discard(self, key: bytes, period: str) -> None:
+        keys = self.by_period.get(period)
+        if keys is not None:
+            keys.discard(key)
 
     def add_block(self, period: str, block: bytes) -> None:
         keys = self.by_period.get(period)

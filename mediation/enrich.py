@@ -5,16 +5,34 @@ from __future__ import annotations
 from datetime import datetime
 
 from meterline.catalog import Account, Catalog
-from meterline.reasons import NO_CONTRACT_IN_EFFECT, UNKNOWN_ACCOUNT, UNKNOWN_METER, Rejected
+from meterline.reasons import (
+    INVALID_TIMESTAMP,
+    NO_CONTRACT_IN_EFFECT,
+    UNKNOWN_ACCOUNT,
+    UNKNOWN_METER,
+    Rejected,
+)
 from meterline.records import UsageEvent
 
 
 def local_time(event: UsageEvent, catalog: Catalog) -> tuple[Account | None, datetime]:
-    """The event's account and its instant in the account's zone (UTC for an unknown account)."""
+    """The event's account and its instant in the account's zone (UTC for an unknown account).
+
+    Validation keeps instants within 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z, so a
+    zone west of UTC always has a local time. East of UTC, the last hours of the range
+    fall in year 10000, which no datetime holds: such an event is `invalid_timestamp`
+    (only a processing clock in year 9999 lets one past the future-timestamp check).
+    """
     account = catalog.accounts.get(event.account_id)
     if account is None:
         return None, event.event_time
-    return account, event.event_time.astimezone(account.zone)
+    try:
+        return account, event.event_time.astimezone(account.zone)
+    except OverflowError:
+        raise Rejected(
+            INVALID_TIMESTAMP,
+            f"{event.event_time.isoformat()} has no local time in {account.timezone} before year 10000",
+        ) from None
 
 
 # Periods by year * 16 + month: formatting "YYYY-MM" costs more than the rest of enrichment,

@@ -51,9 +51,13 @@ TimestampStyle = Literal["iso_or_epoch", "epoch", "cdr"]
 
 _ONE: Final = units.quantize(Decimal(1))
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-# Epoch seconds a datetime can hold: 0001-01-01T00:00:00Z up to 9999-12-31T23:59:59Z.
-_FIRST_EPOCH: Final = -62_135_596_800
-_END_EPOCH: Final = 253_402_300_800
+# The instants an event may name, bounds included. Nothing earlier than the epoch is
+# usage, and the margin below datetime's year 1 keeps every local time (UTC-12..+14) and
+# every period computed downstream in range; the upper bound is datetime's last second.
+FIRST_INSTANT: Final = _EPOCH
+LAST_INSTANT: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+_RANGE_TEXT: Final = "1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z"
+_LAST_EPOCH: Final = 253_402_300_799  # LAST_INSTANT in epoch seconds
 # Flooring context for epoch arithmetic, independent of the thread's decimal context.
 _EPOCH_CONTEXT: Final = Context(prec=40, rounding=ROUND_FLOOR, Emin=MIN_EMIN, Emax=MAX_EMAX)
 # Range of the integers orjson returns as int (larger ones come back as float).
@@ -167,8 +171,7 @@ def to_event(raw: RawUsage, now: datetime) -> UsageEvent:
     else:
         amount = parse_quantity(raw.quantity, raw.quantity_field)
         if meter.source_unit is not None and meter.source_unit != meter.unit:
-            # The catalog loader only admits convertible units (units.is_convertible).
-            quantity = _stored(units.convert(amount, meter.source_unit, meter.unit), raw.quantity_field)
+            quantity = _converted(amount, meter.source_unit, meter.unit, raw.quantity_field)
         else:
             quantity = _stored(amount, raw.quantity_field)
 
@@ -283,7 +286,8 @@ def _short(value: object) -> str:
 
 
 def parse_quantity(value: object, name: str) -> Decimal:
-    """A non-negative finite quantity as an exact Decimal (not yet rounded)."""
+    """A non-negative finite quantity as an exact Decimal (not yet rounded nor converted:
+    the storable maximum applies to the converted quantity, see `_stored`)."""
     amount: Decimal
     if type(value) is int:
         amount = Decimal(value)
@@ -301,17 +305,35 @@ def parse_quantity(value: object, name: str) -> Decimal:
         raise Rejected(INVALID_QUANTITY, f"{name} is not finite")
     if amount < 0:
         raise Rejected(INVALID_QUANTITY, f"{name} is negative: {_short(value)}")
-    if amount >= MAX_QUANTITY:
-        raise Rejected(INVALID_QUANTITY, f"{name} is too large to store: {_short(value)}")
     return amount
 
 
 def _stored(quantity: Decimal, name: str) -> Decimal:
-    """Rounded to the 18 places kept downstream; still below the storable maximum."""
-    stored = units.quantize(quantity)
-    if stored >= MAX_QUANTITY:
-        raise Rejected(INVALID_QUANTITY, f"{name} is too large to store once converted: {stored}")
-    return stored
+    """Rounded to the 18 places kept downstream; below the storable maximum (10^20)."""
+    if quantity < MAX_QUANTITY:  # checked first: quantize refuses numbers of 82 digits or more
+        stored = units.quantize(quantity)
+        if stored < MAX_QUANTITY:
+            return stored
+    raise Rejected(INVALID_QUANTITY, f"{name} is too large to store (10^20 or more): {_short(quantity)}")
+
+
+def _converted(amount: Decimal, source_unit: str, unit: str, name: str) -> Decimal:
+    """`amount` of `source_unit` in `unit`, stored; the maximum applies after conversion."""
+    try:
+        # The catalog loader only admits convertible units (units.is_convertible).
+        converted = units.convert(amount, source_unit, unit)
+    except units.UnknownConversion:
+        raise
+    except ValueError:  # far beyond anything storable once converted
+        raise Rejected(
+            INVALID_QUANTITY, f"{name} is too large to store once converted to {unit}: {_short(amount)}"
+        ) from None
+    try:
+        return _stored(converted, name)
+    except Rejected:
+        raise Rejected(
+            INVALID_QUANTITY, f"{name} is too large to store once converted to {unit}: {_short(amount)}"
+        ) from None
 
 
 def _decimal_text(text: str, name: str, reason: str) -> Decimal:
@@ -349,31 +371,40 @@ def _iso_time(text: str, name: str) -> datetime:
         # upper(): RFC 3339 allows a lowercase t and z, fromisoformat does not. Fractions
         # past microseconds are truncated, so an instant never moves into the next second.
         instant = datetime.fromisoformat(text.upper())
-        return instant if instant.tzinfo is UTC else instant.astimezone(UTC)
+        if instant.tzinfo is not UTC:
+            instant = instant.astimezone(UTC)
     except (ValueError, OverflowError):  # a field or offset out of range, or an instant outside years 1..9999
         raise Rejected(INVALID_TIMESTAMP, f"{name} is not a valid instant: {_short(text)}") from None
+    return _in_range(instant, text, name)
 
 
 def _cdr_time(text: str, name: str) -> datetime:
     if _CDR_TIME.fullmatch(text) is None:
         raise Rejected(INVALID_TIMESTAMP, f"{name} is not a `YYYY-MM-DD HH:MM:SS` time: {_short(text)}")
     try:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        instant = datetime.fromisoformat(text).replace(tzinfo=UTC)
     except ValueError:
         raise Rejected(INVALID_TIMESTAMP, f"{name} is not a valid time: {_short(text)}") from None
+    return _in_range(instant, text, name)
+
+
+def _in_range(instant: datetime, text: str, name: str) -> datetime:
+    if FIRST_INSTANT <= instant <= LAST_INSTANT:
+        return instant
+    raise Rejected(INVALID_TIMESTAMP, f"{name} {_short(text)} is outside {_RANGE_TEXT}")
 
 
 def _epoch_time(value: int | float | Decimal, name: str) -> datetime:
     try:
         if type(value) is int:
-            if _FIRST_EPOCH <= value < _END_EPOCH:
+            if 0 <= value <= _LAST_EPOCH:
                 return _EPOCH + timedelta(seconds=value)
         else:
             seconds = value if isinstance(value, Decimal) else Decimal(repr(value))
-            if seconds.is_finite() and _FIRST_EPOCH <= seconds < _END_EPOCH:
+            if seconds.is_finite() and 0 <= seconds <= _LAST_EPOCH:
                 # Whole microseconds, floored like truncated ISO fractions.
                 micros = seconds.scaleb(6, _EPOCH_CONTEXT).to_integral_value(context=_EPOCH_CONTEXT)
                 return _EPOCH + timedelta(microseconds=int(micros))
     except (ArithmeticError, OverflowError):
         pass
-    raise Rejected(INVALID_TIMESTAMP, f"{name} is not a valid epoch time: {_short(value)}")
+    raise Rejected(INVALID_TIMESTAMP, f"{name} is not an epoch time within {_RANGE_TEXT}: {_short(value)}")

@@ -27,14 +27,14 @@ from mediation.formats import parse_record
 from meterline import metrics
 from meterline.catalog import Account
 from meterline.config import RawTopic, Settings
-from meterline.dlq import dead_letter_headers
+from meterline.dlq import TRUNCATED_HEADER, count_rejection, dead_letter, max_bytes_of
 from meterline.lineage import LINEAGE_HEADER, lineage_value
 from meterline.messages import InputRecord, OutputRecord
-from meterline.reasons import MALFORMED, PERIOD_CLOSED, Rejected
+from meterline.reasons import MALFORMED, PERIOD_CLOSED, TOO_LARGE, Rejected, internal_error
 from meterline.records import UsageEvent
 from meterline.runtime import TP, BatchResult
 from meterline.tables import ContractsTable, PeriodsTable
-from meterline.topics import MEDIATED, REJECTED, REPARTITION
+from meterline.topics import MEDIATED, REPARTITION
 from schemas.codec import SchemaError, decode_usage, encode_usage
 
 STAGE = "mediation"
@@ -81,6 +81,7 @@ class MediationProcessor:
         self.periods = periods
         self.partitions = partitions
         self.raw_topics: dict[str, RawTopic] = {t.name: t for t in settings.raw_topics}
+        self.max_dlq_bytes = max_bytes_of(settings.kafka)
         self.seen: dict[TP, SeenSet] = {}
         # Changelog block keys per partition and period, to tombstone them when the period is forgotten.
         self.blocks: dict[TP, dict[str, list[bytes]]] = {}
@@ -138,6 +139,8 @@ class MediationProcessor:
     # -- transform -------------------------------------------------------------
 
     def process(self, records: Sequence[InputRecord]) -> BatchResult:
+        """Transform a batch. No record stops it: one that fails unexpectedly goes to the
+        DLQ as internal_error, leaving no trace in the state, and the rest goes on."""
         result = BatchResult()
         now = datetime.now(UTC)
         keyed: dict[TP, list[_Keyed]] = {}
@@ -147,29 +150,20 @@ class MediationProcessor:
             if counts is None:
                 counts = result.counts[tp] = Counter()
             raw = self.raw_topics.get(record.topic)
-            if raw is None:
-                item = self._decode_forwarded(record, counts, result)
-                if item is not None:
-                    keyed.setdefault(tp, []).append(item)
-                continue
-            counts["events_in"] += 1
-            event = self._parse(record, raw, now, counts, result)
-            if event is None:
-                continue
-            origin = (record.topic, record.partition, record.offset)
-            if raw.keyed_by_account:
-                keyed.setdefault(tp, []).append(_Keyed(record, event, record.value or b"", origin))
-                continue
-            counts["forwarded"] += 1
-            lineage = lineage_value(*origin)
-            result.outputs.append(
-                OutputRecord(
-                    REPARTITION,
-                    encode_usage(event),
-                    *_route(event.account_id, self.partitions),
-                    [(LINEAGE_HEADER, lineage), (ORIGIN_HEADER, lineage), (RAW_HEADER, record.value or b"")],
+            if raw is not None:
+                counts["events_in"] += 1
+            try:
+                item = (
+                    self._decode_forwarded(record, counts, result)
+                    if raw is None
+                    else self._raw_step(record, raw, now, counts, result)
                 )
-            )
+            except Exception as exc:  # containment: one record never stops the stage
+                original, origin = _source(record)
+                self._reject(internal_error(exc), record, original, origin, counts, result)
+                continue
+            if item is not None:
+                keyed.setdefault(tp, []).append(item)
         for tp, items in keyed.items():
             self._keyed_step(tp, items, result)
         for tp, keys in self._tombstones.items():
@@ -179,11 +173,39 @@ class MediationProcessor:
         self._gauge()
         return result
 
+    def _raw_step(
+        self, record: InputRecord, raw: RawTopic, now: datetime, counts: Counter[str], result: BatchResult
+    ) -> _Keyed | None:
+        """Validate a raw record; forward it to the repartition topic, or return it for the
+        keyed step when its topic is keyed by account."""
+        event = self._parse(record, raw, now, counts, result)
+        if event is None:
+            return None
+        origin = (record.topic, record.partition, record.offset)
+        if raw.keyed_by_account:
+            return _Keyed(record, event, record.value or b"", origin)
+        lineage = lineage_value(*origin)
+        output = OutputRecord(
+            REPARTITION,
+            encode_usage(event),
+            *_route(event.account_id, self.partitions),
+            [(LINEAGE_HEADER, lineage), (ORIGIN_HEADER, lineage), (RAW_HEADER, record.value or b"")],
+        )
+        counts["forwarded"] += 1
+        result.outputs.append(output)
+        return None
+
     def _parse(
         self, record: InputRecord, raw: RawTopic, now: datetime, counts: Counter[str], result: BatchResult
     ) -> UsageEvent | None:
         fmt = record.headers.get(FORMAT_HEADER)
         try:
+            truncated = record.headers.get(TRUNCATED_HEADER)
+            if truncated is not None:
+                # Publishers cut a record too large to publish and say how large it was.
+                length = truncated.decode("ascii", "replace")
+                kept = len(record.value or b"")
+                raise Rejected(TOO_LARGE, f"{length} bytes, cut by the publisher to {kept}")
             return parse_record(
                 record.value or b"",
                 fmt.decode() if fmt else raw.format,
@@ -199,9 +221,7 @@ class MediationProcessor:
     def _decode_forwarded(
         self, record: InputRecord, counts: Counter[str], result: BatchResult
     ) -> _Keyed | None:
-        original = record.headers.get(RAW_HEADER, record.value or b"")
-        origin_header = record.headers.get(ORIGIN_HEADER)
-        origin = _origin(origin_header) if origin_header else (record.topic, record.partition, record.offset)
+        original, origin = _source(record)
         try:
             return _Keyed(record, decode_usage(record.value or b""), original, origin)
         except SchemaError as exc:
@@ -211,21 +231,46 @@ class MediationProcessor:
     def _keyed_step(self, tp: TP, items: list[_Keyed], result: BatchResult) -> None:
         catalog = self.contracts.catalog
         counts = result.counts[tp]
-        keys = [dedup_key(i.event.account_id, i.event.event_id) for i in items]
-        located = [local_time(i.event, catalog) for i in items]
-        buckets = [dedup_bucket(local) for _, local in located]
-        verdicts = self.seen.setdefault(tp, SeenSet()).admit(keys, buckets)
-        new_keys: dict[str, list[bytes]] = {}
-        for item, key, bucket, new, (account, local) in zip(
-            items, keys, buckets, verdicts, located, strict=True
-        ):
-            if not new:
-                counts["duplicates"] += 1
+        seen = self.seen.setdefault(tp, SeenSet())
+        admitted: list[_Keyed] = []
+        keys: list[bytes] = []
+        buckets: list[str] = []
+        located: list[tuple[Account | None, datetime]] = []
+        for item in items:
+            try:
+                key = dedup_key(item.event.account_id, item.event.event_id)
+                account, local = local_time(item.event, catalog)
+                bucket = dedup_bucket(local)
+            except Exception as exc:  # invalid_timestamp (no local time), or containment
+                rejection = exc if isinstance(exc, Rejected) else internal_error(exc)
+                self._reject(rejection, item.record, item.original, item.origin, counts, result)
                 continue
-            new_keys.setdefault(bucket, []).append(key)
-            self._enrich_one(item, account, local, counts, result)
-        if verdicts.count(False):
-            metrics.DEDUPLICATED.labels(STAGE).inc(verdicts.count(False))
+            admitted.append(item)
+            keys.append(key)
+            buckets.append(bucket)
+            located.append((account, local))
+        verdicts = seen.admit(keys, buckets) if keys else []
+        new_keys: dict[str, list[bytes]] = {}
+        # Keys given back by a copy that failed; a later copy in the batch takes its place.
+        released: set[tuple[bytes, str]] = set()
+        duplicates = 0
+        for item, key, bucket, new, (account, local) in zip(
+            admitted, keys, buckets, verdicts, located, strict=True
+        ):
+            if not new and (key, bucket) in released:
+                released.discard((key, bucket))
+                new = seen.admit([key], [bucket])[0]
+            if not new:
+                duplicates += 1
+                continue
+            if self._enrich_one(item, account, local, counts, result):
+                new_keys.setdefault(bucket, []).append(key)
+            else:  # failed unexpectedly: the key must not stay held by a record nobody emitted
+                seen.discard(key, bucket)
+                released.add((key, bucket))
+        if duplicates:
+            counts["duplicates"] += duplicates
+            metrics.DEDUPLICATED.labels(STAGE).inc(duplicates)
         last = str(items[-1].record.offset).encode()
         blocks = self.blocks.setdefault(tp, {})
         changelog = result.changelog.setdefault(tp, [])
@@ -241,28 +286,35 @@ class MediationProcessor:
         local: datetime,
         counts: Counter[str],
         result: BatchResult,
-    ) -> None:
+    ) -> bool:
+        """Enrich and emit one new event, or reject it; False if it failed unexpectedly
+        (then it went to the DLQ as internal_error and must not hold its dedup key)."""
         record = item.record
         try:
             enriched = enrich(item.event, self.contracts.catalog, account, local)
             if self.periods.is_closed(enriched.account_id, enriched.period):
                 raise Rejected(PERIOD_CLOSED, f"period {enriched.period} of {enriched.account_id!r} is final")
+            position = (record.topic, record.partition, record.offset)
+            lineage = lineage_value(*position)
+            headers = [
+                (LINEAGE_HEADER, lineage),
+                (RAW_HEADER, item.original),
+                # On a keyed raw topic the record is its own origin.
+                (ORIGIN_HEADER, lineage if item.origin == position else lineage_value(*item.origin)),
+            ]
+            key, partition = _route(enriched.account_id, self.partitions)
+            output = OutputRecord(MEDIATED, encode_usage(enriched), key, partition, headers)
         except Rejected as rejection:
             self._reject(rejection, record, item.original, item.origin, counts, result)
-            return
+            return True
+        except Exception as exc:  # containment: one record never stops the stage
+            self._reject(internal_error(exc), record, item.original, item.origin, counts, result)
+            return False
         counts["mediated"] += 1
         if result.newest_event_time is None or enriched.event_time > result.newest_event_time:
             result.newest_event_time = enriched.event_time
-        position = (record.topic, record.partition, record.offset)
-        lineage = lineage_value(*position)
-        headers = [
-            (LINEAGE_HEADER, lineage),
-            (RAW_HEADER, item.original),
-            # On a keyed raw topic the record is its own origin.
-            (ORIGIN_HEADER, lineage if item.origin == position else lineage_value(*item.origin)),
-        ]
-        key, partition = _route(enriched.account_id, self.partitions)
-        result.outputs.append(OutputRecord(MEDIATED, encode_usage(enriched), key, partition, headers))
+        result.outputs.append(output)
+        return True
 
     def _reject(
         self,
@@ -274,13 +326,17 @@ class MediationProcessor:
         result: BatchResult,
     ) -> None:
         counts[f"rejected.{rejection.reason}"] += 1
-        metrics.REJECTED.labels(STAGE, rejection.reason).inc()
+        count_rejection(STAGE, rejection, record.topic, record.partition, record.offset)
         result.outputs.append(
-            OutputRecord(
-                REJECTED,
+            dead_letter(
                 original,
                 record.key,
-                headers=dead_letter_headers(rejection.reason, rejection.detail, STAGE, *origin),
+                rejection.reason,
+                rejection.detail,
+                STAGE,
+                *origin,
+                truncated=record.headers.get(TRUNCATED_HEADER),
+                max_bytes=self.max_dlq_bytes,
             )
         )
 
@@ -288,3 +344,15 @@ class MediationProcessor:
 def _origin(value: bytes) -> tuple[str, int, int]:
     topic, partition, offset = value.decode().split("\x1f")
     return topic, int(partition), int(offset)
+
+
+def _source(record: InputRecord) -> tuple[bytes, tuple[str, int, int]]:
+    """The original bytes of a record and where they entered the pipeline, as well as
+    can be told (for a record that failed before it was read)."""
+    original = record.headers.get(RAW_HEADER, record.value or b"")
+    position = (record.topic, record.partition, record.offset)
+    origin_header = record.headers.get(ORIGIN_HEADER)
+    try:
+        return original, _origin(origin_header) if origin_header else position
+    except ValueError:
+        return original, position

@@ -1,16 +1,124 @@
-"""Dead-letter records: the original bytes plus the reason headers of DESIGN.md §4."""
+"""Dead-letter records: the original bytes plus the reason headers, for every stage.
+
+    dead_letter(original, key, reason, detail, stage, topic, partition, offset) -> OutputRecord
+
+The headers say why (`meterline.reason`, `meterline.detail`), who (`meterline.stage`)
+and where the original came from (`meterline.source.topic/partition/offset`).
+
+A DLQ copy must fit the DLQ topic, or producing it fails the whole transaction and
+the batch is retried forever. A copy too large keeps the longest prefix of the
+original that fits, and gets header `meterline.truncated` = the original length in
+bytes (ASCII decimal); a DLQ reader knows it holds a prefix.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import structlog
+
+from meterline import metrics
+from meterline.messages import OutputRecord
+from meterline.reasons import INTERNAL_ERROR, Rejected
+from meterline.topics import REJECTED
+
+log = structlog.get_logger()
+
+REASON_HEADER: Final = "meterline.reason"
+DETAIL_HEADER: Final = "meterline.detail"
+STAGE_HEADER: Final = "meterline.stage"
+TRUNCATED_HEADER: Final = "meterline.truncated"
+
+# librdkafka's default message.max.bytes: the producer refuses a larger record (key,
+# value and headers together), and brokers default to about the same.
+DEFAULT_MAX_BYTES: Final = 1_000_000
+# What a record adds around its key, value and headers (varint lengths, attributes,
+# timestamp and offset deltas, the batch header when it travels alone): well under this.
+FRAMING_BYTES: Final = 512
+HEADER_FRAMING_BYTES: Final = 10  # two varint lengths per header
+MAX_DETAIL_BYTES: Final = 1024
 
 
 def dead_letter_headers(
     reason: str, detail: str, stage: str, topic: str, partition: int, offset: int
 ) -> list[tuple[str, bytes]]:
     return [
-        ("meterline.reason", reason.encode()),
-        ("meterline.detail", detail.encode("utf-8", "replace")[:1024]),
-        ("meterline.stage", stage.encode()),
-        ("meterline.source.topic", topic.encode()),
+        (REASON_HEADER, reason.encode()),
+        (DETAIL_HEADER, detail.encode("utf-8", "replace")[:MAX_DETAIL_BYTES]),
+        (STAGE_HEADER, stage.encode()),
+        ("meterline.source.topic", topic.encode("utf-8", "replace")),
         ("meterline.source.partition", str(partition).encode()),
         ("meterline.source.offset", str(offset).encode()),
     ]
+
+
+def max_bytes_of(kafka: Mapping[str, str]) -> int:
+    """The record size limit of a producer configured with these librdkafka properties."""
+    try:
+        return int(kafka.get("message.max.bytes", DEFAULT_MAX_BYTES))
+    except ValueError:
+        return DEFAULT_MAX_BYTES
+
+
+def dead_letter(
+    original: bytes | None,
+    key: bytes | None,
+    reason: str,
+    detail: str,
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    *,
+    truncated: bytes | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> OutputRecord:
+    """The DLQ record of one rejected record, cut to fit `max_bytes` if needed.
+
+    `original` is the record as it first entered the pipeline; `topic`, `partition` and
+    `offset` say where. `truncated` is the `meterline.truncated` value the original
+    already carried (a publisher cut it to publish it): the DLQ copy keeps it, since it
+    names the true original length. The partition is left to the producer's partitioner.
+    """
+    value = original or b""
+    headers = dead_letter_headers(reason, detail, stage, topic, partition, offset)
+    if truncated is not None:
+        headers.append((TRUNCATED_HEADER, truncated))
+    if record_size(value, key, headers) <= max_bytes:
+        return OutputRecord(REJECTED, original, key, headers=headers)
+    if truncated is None:
+        headers.append((TRUNCATED_HEADER, str(len(value)).encode()))
+    if record_size(b"", key, headers) > max_bytes:
+        key = None  # an oversized key: the DLQ is not read by key
+    room = max(max_bytes - record_size(b"", key, headers), 0)
+    metrics.DLQ_TRUNCATED.labels(stage).inc()
+    return OutputRecord(REJECTED, value[:room], key, headers=headers)
+
+
+def record_size(value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
+    """Bytes a record counts against message.max.bytes, framing included (an upper bound)."""
+    size = FRAMING_BYTES + len(value) + (len(key) if key else 0)
+    for name, header in headers:
+        size += len(name.encode()) + len(header) + HEADER_FRAMING_BYTES
+    return size
+
+
+
+def count_rejection(stage: str, rejection: Rejected, topic: str, partition: int, offset: int) -> None:
+    """Metrics of one rejection; an internal error is also logged (it raises an alert).
+
+    `topic`, `partition` and `offset` are where the stage read the record.
+    """
+    metrics.REJECTED.labels(stage, rejection.reason).inc()
+    if rejection.reason == INTERNAL_ERROR:
+        metrics.INTERNAL_ERRORS.labels(stage).inc()
+        log.error(
+            "record_failed",
+            stage=stage,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            error=rejection.detail,
+            exc_info=rejection.__cause__,
+        )

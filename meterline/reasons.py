@@ -51,3 +51,10 @@ class Rejected(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def internal_error(error: BaseException) -> Rejected:
+    """The rejection of a record a stage failed on unexpectedly: the error is its detail."""
+    rejection = Rejected(INTERNAL_ERROR, f"{type(error).__name__}: {error}")
+    rejection.__cause__ = error  # its traceback, for the log line
+    return rejection

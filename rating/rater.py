@@ -19,7 +19,16 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from meterline.catalog import Catalog, Charge, Meter, Plan, zone
-from meterline.reasons import MISSING_FIELD, NO_MATCHING_CHARGE, UNKNOWN_ACCOUNT, UNKNOWN_METER, Rejected
+from meterline.reasons import (
+    INVALID_QUANTITY,
+    INVALID_TIMESTAMP,
+    MISSING_FIELD,
+    NO_MATCHING_CHARGE,
+    UNKNOWN_ACCOUNT,
+    UNKNOWN_METER,
+    Rejected,
+    internal_error,
+)
 from meterline.records import RatedUsage, UsageEvent, invoice_id_for
 from rating.charges import filters_match
 from rating.pricing import (
@@ -35,6 +44,8 @@ from rating.pricing import (
 AggregateKey = tuple[str, str, str, str]
 
 ONE = Decimal(1)
+# Aggregates, prices and amounts are stored as DECIMAL(38,18): below 10^20 in absolute value.
+LIMIT = Decimal(10) ** 20
 
 
 @dataclass(slots=True)
@@ -89,7 +100,11 @@ def rate(state: RatingState, event: UsageEvent, catalog: Catalog) -> RatedUsage:
 
 
 def rate_batch(state: RatingState, events: Iterable[UsageEvent], catalog: Catalog) -> RatedBatch:
-    """Rate events in order; a rejected event leaves the state as it was and the batch goes on."""
+    """Rate events in order; a rejected event leaves the state as it was and the batch goes on.
+
+    An event that fails unexpectedly (any other exception) is rejected as internal_error,
+    with the error as its detail; the state is left as it was for it too.
+    """
     rater = _Rater(state, catalog)
     rated: list[RatedUsage] = []
     rejected: list[tuple[int, Rejected]] = []
@@ -98,6 +113,8 @@ def rate_batch(state: RatingState, events: Iterable[UsageEvent], catalog: Catalo
             rated.append(rater.rate(event))
         except Rejected as rejection:
             rejected.append((index, rejection))
+        except Exception as exc:  # containment: the state is only written once nothing can fail
+            rejected.append((index, internal_error(exc)))
     return RatedBatch(
         rated=rated,
         rejected=rejected,
@@ -170,16 +187,12 @@ class _Rater:
         price_before = known[1] if known is not None and known[0] == before else schedule.price(before)
         price_after = price_before if after == before else schedule.price(after)
         amount = price_difference(price_after, price_before)
-        self.prices[key] = (after, price_after)
-
-        if stored is None or after != before:
-            self.previous.setdefault(key, stored)
-            state.aggregates[key] = after
-        if new_value is not None:
-            state.unique_values.setdefault(key, set()).add(new_value)
-            self.new_unique_values.append((key, new_value))
-
-        return RatedUsage(
+        if abs(after) >= LIMIT or abs(price_after) >= LIMIT or abs(amount) >= LIMIT:
+            raise Rejected(
+                INVALID_QUANTITY,
+                f"charge {charge.id!r} would reach 10^20: aggregate {after}, price {price_after}",
+            )
+        rated = RatedUsage(
             event=event,
             charge_id=charge.id,
             model=charge.model,
@@ -190,13 +203,29 @@ class _Rater:
             invoice_id=self._invoice_id(event.account_id, event.period),
         )
 
+        # Nothing below can fail: the state moves only for an event that is rated.
+        self.prices[key] = (after, price_after)
+        if stored is None or after != before:
+            self.previous.setdefault(key, stored)
+            state.aggregates[key] = after
+        if new_value is not None:
+            state.unique_values.setdefault(key, set()).add(new_value)
+            self.new_unique_values.append((key, new_value))
+        return rated
+
     def _charge(self, plan: Plan, event: UsageEvent, zone: ZoneInfo) -> tuple[Charge, PriceSchedule]:
         """The first charge of the plan that matches the event (select_charge), with its schedule."""
         found = self.candidates.get((plan.id, event.meter))
         if found is None:
             found = self.candidates[(plan.id, event.meter)] = _Candidates.of(plan, event.meter)
         # The local time only matters to local_time filters: convert only when one is there.
-        local_time = event.event_time.astimezone(zone) if found.needs_local_time else event.event_time
+        local_time = event.event_time
+        if found.needs_local_time:
+            try:
+                local_time = event.event_time.astimezone(zone)
+            except OverflowError:  # within hours of datetime's range end (mediation lets none through)
+                detail = f"{event.event_time.isoformat()} has no local time in {zone.key}"
+                raise Rejected(INVALID_TIMESTAMP, detail) from None
         for charge, schedule in found.charges:
             if filters_match(charge.filters, event, local_time):
                 return charge, schedule

@@ -1,5 +1,11 @@
 """The rating stage: price mediated events incrementally with durable running
-aggregates. A transform plugged into meterline.runtime."""
+aggregates. A transform plugged into meterline.runtime.
+
+No record stops it: one that fails unexpectedly goes to the DLQ as internal_error and
+leaves the aggregates as they were. An account's aggregates of a period are forgotten
+(and tombstoned in the changelog) once that period is closed for the account: every
+later event of theirs is rejected period_closed, so nothing can read them again.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,15 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 
 from meterline import metrics
-from meterline.dlq import dead_letter_headers
+from meterline.catalog import Catalog
+from meterline.dlq import DEFAULT_MAX_BYTES, count_rejection, dead_letter
 from meterline.lineage import LINEAGE_HEADER, lineage_value
 from meterline.messages import InputRecord, OutputRecord
-from meterline.reasons import MALFORMED, PERIOD_CLOSED, Rejected
-from meterline.records import UsageEvent
+from meterline.reasons import MALFORMED, PERIOD_CLOSED, Rejected, internal_error
+from meterline.records import RatedUsage, UsageEvent
 from meterline.runtime import TP, BatchResult
 from meterline.tables import ContractsTable, PeriodsTable
-from meterline.topics import RATED, REJECTED
+from meterline.topics import RATED
 from rating.rater import AggregateKey, RatingState, rate_batch
 from schemas.codec import SchemaError, decode_usage, encode_rated_after
 
@@ -38,29 +45,62 @@ def _parse_state_key(raw: bytes) -> AggregateKey:
 class RatingProcessor:
     stage = STAGE
 
-    def __init__(self, contracts: ContractsTable, periods: PeriodsTable) -> None:
+    def __init__(
+        self, contracts: ContractsTable, periods: PeriodsTable, max_dlq_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.contracts = contracts
         self.periods = periods
+        self.max_dlq_bytes = max_dlq_bytes
         self.state: dict[TP, RatingState] = {}
+        # Changelog tombstones of forgotten aggregates, written with the partition's next batch.
+        self._tombstones: dict[TP, list[bytes]] = {}
+        self._forget_due = True  # look for closed periods on the next idle turn
 
     def restore(self, tp: TP, entries: Iterator[tuple[bytes, bytes | None]]) -> None:
         state = self.state.setdefault(tp, RatingState())
         for key, value in entries:
             if _VALUE_SEP in key:  # one distinct value of a unique_count aggregate
                 agg, _, unique = key.partition(_VALUE_SEP)
-                state.unique_values.setdefault(_parse_state_key(agg), set()).add(unique.decode())
+                values = state.unique_values.setdefault(_parse_state_key(agg), set())
+                if value is None:  # tombstone of a forgotten period's value
+                    values.discard(unique.decode())
+                else:
+                    values.add(unique.decode())
             elif value is None:
                 state.aggregates.pop(_parse_state_key(key), None)
             else:
                 state.aggregates[_parse_state_key(key)] = Decimal(value.decode())
+        for empty in [agg for agg, values in state.unique_values.items() if not values]:
+            del state.unique_values[empty]
+        self._forget_due = True
         self._gauge()
 
     def release(self, tp: TP) -> None:
         self.state.pop(tp, None)
+        self._tombstones.pop(tp, None)
 
     def idle(self) -> None:
         self.contracts.poll()
-        self.periods.poll()
+        if self.periods.poll() or self._forget_due:
+            self._forget_closed_periods()
+            self._forget_due = False
+
+    def _forget_closed_periods(self) -> None:
+        """Drop the aggregates (and unique values) of every account and period now closed."""
+        is_closed = self.periods.is_closed
+        for tp, state in self.state.items():
+            closed = [key for key in state.aggregates if is_closed(key[0], key[3])]
+            closed_values = [key for key in state.unique_values if is_closed(key[0], key[3])]
+            if not closed and not closed_values:
+                continue
+            tombstones = self._tombstones.setdefault(tp, [])
+            for key in closed:
+                del state.aggregates[key]
+                tombstones.append(_state_key(key))
+            for key in closed_values:
+                prefix = _state_key(key) + _VALUE_SEP
+                tombstones.extend(prefix + value.encode() for value in sorted(state.unique_values.pop(key)))
+        self._gauge()
 
     def _gauge(self) -> None:
         metrics.STATE_ENTRIES.labels(STAGE).set(sum(len(s.aggregates) for s in self.state.values()))
@@ -75,73 +115,130 @@ class RatingProcessor:
             if counts is None:
                 counts = result.counts[tp] = Counter()
             try:
-                event = decode_usage(record.value or b"")
-            except SchemaError as exc:
-                self._reject(Rejected(MALFORMED, str(exc)), record, counts, result)
+                event = self._admit(record)
+            except Rejected as rejection:
+                self._reject(rejection, record, counts, result)
                 continue
-            if self.periods.is_closed(event.account_id, event.period):
-                self._reject(
-                    Rejected(PERIOD_CLOSED, f"period {event.period} is final"), record, counts, result
-                )
+            except Exception as exc:  # containment: one record never stops the stage
+                self._reject(internal_error(exc), record, counts, result)
                 continue
             by_partition.setdefault(tp, []).append((record, event))
             if result.newest_event_time is None or event.event_time > result.newest_event_time:
                 result.newest_event_time = event.event_time
         for tp, items in by_partition.items():
-            counts = result.counts[tp]
-            state = self.state.setdefault(tp, RatingState())
-            batch = rate_batch(state, [event for _, event in items], catalog)
-            rejected_at = {index: rejection for index, rejection in batch.rejected}
-            rated_iter = iter(batch.rated)
-            for index, (record, _event) in enumerate(items):
-                rejection = rejected_at.get(index)
-                if rejection is not None:
-                    self._reject(rejection, record, counts, result)
-                    continue
-                rated = next(rated_iter)
-                result.outputs.append(
+            self._rate_partition(tp, items, catalog, result)
+        for tp, keys in self._tombstones.items():
+            if keys and tp in result.counts:  # a changelog record needs a batch of this partition to ride on
+                result.changelog.setdefault(tp, []).extend((key, None) for key in keys)
+                keys.clear()
+        self._gauge()
+        return result
+
+    def _admit(self, record: InputRecord) -> UsageEvent:
+        """The mediated event of a record, if its period is still open."""
+        try:
+            event = decode_usage(record.value or b"")
+        except SchemaError as exc:
+            raise Rejected(MALFORMED, str(exc)) from None
+        if self.periods.is_closed(event.account_id, event.period):
+            raise Rejected(PERIOD_CLOSED, f"period {event.period} is final")
+        return event
+
+    def _rate_partition(
+        self, tp: TP, items: list[tuple[InputRecord, UsageEvent]], catalog: Catalog, result: BatchResult
+    ) -> None:
+        counts = result.counts[tp]
+        state = self.state.setdefault(tp, RatingState())
+        failed: dict[int, Rejected] = {}
+        while True:
+            kept = [index for index in range(len(items)) if index not in failed]
+            batch = rate_batch(state, [items[index][1] for index in kept], catalog)
+            rejected_at = {kept[index]: rejection for index, rejection in batch.rejected}
+            outputs = self._rated_outputs(items, kept, rejected_at, batch.rated)
+            if isinstance(outputs, list):
+                break
+            # A rated record failed to encode: its aggregate moved, but nothing would be emitted.
+            # Rate the partition's batch again without it, from the state as it was.
+            state.undo(batch)
+            failed[outputs[0]] = outputs[1]
+        rejected_at.update(failed)
+        rated_iter = iter(outputs)
+        for index, (record, _event) in enumerate(items):
+            rejection = rejected_at.get(index)
+            if rejection is not None:
+                self._reject(rejection, record, counts, result)
+            else:
+                result.outputs.append(next(rated_iter))
+        counts["rated"] += len(batch.rated)
+        changelog = result.changelog.setdefault(tp, [])
+        for key in batch.changed:
+            changelog.append((_state_key(key), str(state.aggregates[key]).encode()))
+        for key, unique in batch.new_unique_values:
+            changelog.append((_state_key(key) + _VALUE_SEP + unique.encode(), b""))
+        metrics.RATED.labels(STAGE).inc(len(batch.rated))
+        amounts: dict[str, Decimal] = {}
+        for rated in batch.rated:
+            amounts[rated.event.currency] = amounts.get(rated.event.currency, Decimal(0)) + rated.amount
+        for currency, amount in amounts.items():
+            metrics.AMOUNT_RATED.labels(currency).inc(float(amount))  # a dashboard figure, never billed
+
+    def _rated_outputs(
+        self,
+        items: list[tuple[InputRecord, UsageEvent]],
+        kept: list[int],
+        rejected_at: dict[int, Rejected],
+        rated: list[RatedUsage],
+    ) -> list[OutputRecord] | tuple[int, Rejected]:
+        """The rated records to emit, in order; or the first (index, rejection) that failed."""
+        outputs: list[OutputRecord] = []
+        rated_iter = iter(rated)
+        for index in kept:
+            if index in rejected_at:
+                continue
+            record = items[index][0]
+            try:
+                outputs.append(
                     OutputRecord(
                         RATED,
                         # The mediated bytes are the rated record's first fields: append, don't re-encode.
-                        encode_rated_after(record.value or b"", rated),
+                        encode_rated_after(record.value or b"", next(rated_iter)),
                         record.key,
                         record.partition,
                         [(LINEAGE_HEADER, lineage_value(record.topic, record.partition, record.offset))],
                     )
                 )
-            counts["rated"] += len(batch.rated)
-            changelog = result.changelog.setdefault(tp, [])
-            for key in batch.changed:
-                changelog.append((_state_key(key), str(state.aggregates[key]).encode()))
-            for key, unique in batch.new_unique_values:
-                changelog.append((_state_key(key) + _VALUE_SEP + unique.encode(), b""))
-            metrics.RATED.labels(STAGE).inc(len(batch.rated))
-            amounts: dict[str, Decimal] = {}
-            for rated in batch.rated:
-                amounts[rated.event.currency] = amounts.get(rated.event.currency, Decimal(0)) + rated.amount
-            for currency, amount in amounts.items():
-                metrics.AMOUNT_RATED.labels(currency).inc(float(amount))  # a dashboard figure, never billed
-        self._gauge()
-        return result
+            except Exception as exc:
+                return index, internal_error(exc)
+        return outputs
 
     def _reject(
         self, rejection: Rejected, record: InputRecord, counts: Counter[str], result: BatchResult
     ) -> None:
         counts[f"rejected.{rejection.reason}"] += 1
-        metrics.REJECTED.labels(STAGE, rejection.reason).inc()
-        origin = record.headers.get(ORIGIN_HEADER)
-        topic, partition, offset = (
-            origin.decode().split("\x1f")
-            if origin
-            else (record.topic, str(record.partition), str(record.offset))
-        )
+        count_rejection(STAGE, rejection, record.topic, record.partition, record.offset)
+        topic, partition, offset = _origin(record)
         result.outputs.append(
-            OutputRecord(
-                REJECTED,
+            dead_letter(
                 record.headers.get(RAW_HEADER, record.value),
                 record.key,
-                headers=dead_letter_headers(
-                    rejection.reason, rejection.detail, STAGE, topic, int(partition), int(offset)
-                ),
+                rejection.reason,
+                rejection.detail,
+                STAGE,
+                topic,
+                partition,
+                offset,
+                max_bytes=self.max_dlq_bytes,
             )
         )
+
+
+def _origin(record: InputRecord) -> tuple[str, int, int]:
+    """Where the record's original bytes entered the pipeline (its own position if unknown)."""
+    origin = record.headers.get(ORIGIN_HEADER)
+    if origin:
+        try:
+            topic, partition, offset = origin.decode().split("\x1f")
+            return topic, int(partition), int(offset)
+        except ValueError:
+            pass
+    return record.topic, record.partition, record.offset
