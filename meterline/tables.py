@@ -3,31 +3,53 @@
 Every stage reads the whole topic before it starts processing, then keeps
 following it between batches, so a contract published while stages run takes
 effect without a restart.
+
+A control record that cannot be read (not JSON, the wrong shape, an impossible
+period) is skipped with an error log and `meterline_control_records_skipped_total`,
+never raised: every stage reads these topics, and a compacted topic replays the
+record on every restart, so one bad record would stop billing everywhere. A skipped
+record leaves the key's previous value in place.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 import orjson
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from meterline import metrics
 from meterline.catalog import Catalog
-from meterline.catalog_file import document_from_entities, parse_catalog
+from meterline.catalog_file import ENTITY_VERSION, SECTIONS, document_from_entities, parse_catalog
 from meterline.kafka_config import consumer_config
+from meterline.topics import CONTRACTS, PERIODS
 
 log = structlog.get_logger()
+
+# Says why a record (key, value; value None is a tombstone) cannot be applied, or None.
+Validator = Callable[[bytes, bytes | None], str | None]
+_PERIOD_KEY: Final = re.compile(r"([0-9]{4})-([0-9]{2})(?:/\S+)?")
 
 
 class CompactedTable:
     """Latest value per key of a compacted topic (tombstones delete)."""
 
-    def __init__(self, topic: str, bootstrap_servers: str, kafka: Mapping[str, str], name: str) -> None:
+    def __init__(
+        self,
+        topic: str,
+        bootstrap_servers: str,
+        kafka: Mapping[str, str],
+        name: str,
+        validate: Validator | None = None,
+    ) -> None:
         self.topic = topic
         self.values: dict[bytes, bytes] = {}
+        # The control topics check their records whoever reads them (publishers too).
+        self.validate = validate or _VALIDATORS.get(topic)
         self._consumer = Consumer(
             consumer_config(
                 bootstrap_servers, kafka, f"meterline-table-{name}", **{"enable.partition.eof": True}
@@ -45,7 +67,7 @@ class CompactedTable:
             for message in self._consumer.consume(10000, 0.1):
                 error = message.error()
                 if error is None:
-                    self._apply(message.key(), message.value())
+                    self._apply(message)
                 elif error.code() == KafkaError._PARTITION_EOF:
                     pending.discard(message.partition())
         if pending:
@@ -55,18 +77,40 @@ class CompactedTable:
         """Apply whatever arrived since the last call; True if the table changed."""
         changed = False
         for message in self._consumer.consume(10000, 0):
-            if message.error() is None:
-                self._apply(message.key(), message.value())
+            if message.error() is None and self._apply(message):
                 changed = True
         return changed
 
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+    def _apply(self, message: Message) -> bool:
+        key, value = message.key(), message.value()
         if key is None:
-            return
+            problem: str | None = "no key"
+        else:
+            try:
+                problem = self.validate(key, value) if self.validate is not None else None
+            except Exception as exc:  # a validator's own bug must not stop every stage either
+                problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            self._skip(message, problem)
+            return False
+        assert key is not None
         if value is None:
             self.values.pop(key, None)
         else:
             self.values[key] = value
+        return True
+
+    def _skip(self, message: Message, problem: str) -> None:
+        key = message.key()
+        log.error(
+            "control_record_skipped",
+            topic=self.topic,
+            partition=message.partition(),
+            offset=message.offset(),
+            key=None if key is None else key[:100].decode("utf-8", "replace"),
+            error=problem,
+        )
+        metrics.CONTROL_RECORDS_SKIPPED.labels(self.topic).inc()
 
     def close(self) -> None:
         self._consumer.close()
@@ -100,12 +144,19 @@ class ContractsTable(_DerivedTable):
         self.catalog = Catalog.empty()
 
     def _rebuild(self) -> None:
-        entities: list[Any] = [orjson.loads(v) for v in self._table.values.values()]
         try:
+            entities: list[Any] = [orjson.loads(v) for v in self._table.values.values()]
             self.catalog = parse_catalog(document_from_entities(entities), source="meterline.contracts")
-        except ValueError as exc:
-            # A publisher validates before publishing; keep the last good catalog if not.
-            log.error("catalog_rejected", topic=self._table.topic, error=str(exc))
+        except Exception as exc:
+            # A publisher validates before publishing, and each entity was checked on arrival;
+            # a catalog that is still invalid as a whole keeps the last good one.
+            log.error(
+                "catalog_rejected",
+                topic=self._table.topic,
+                error=f"{type(exc).__name__}: {exc}",
+                kept_accounts=len(self.catalog.accounts),
+            )
+            metrics.CONTROL_RECORDS_SKIPPED.labels(self._table.topic).inc()
 
 
 class PeriodsTable(_DerivedTable):
@@ -131,3 +182,57 @@ class PeriodsTable(_DerivedTable):
 
     def is_closed(self, account_id: str, period: str) -> bool:
         return period in self.closed_all or (period, account_id) in self.closed_accounts
+
+
+def catalog_entity_error(key: bytes, value: bytes | None) -> str | None:
+    """Why a `meterline.contracts` record is not a catalog entity, or None.
+
+    An entity is `{"kind", "id", "version", "spec"}` under key `<kind>/<id>` (see
+    meterline.catalog_file.catalog_entities); a tombstone (None) removes one.
+    """
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return "key is not UTF-8"
+    if value is None:
+        return None
+    try:
+        entity = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return f"value is not JSON: {exc}"
+    if not isinstance(entity, dict):
+        return f"value is a JSON {type(entity).__name__}, not an object"
+    kind, entity_id, spec = entity.get("kind"), entity.get("id"), entity.get("spec")
+    if kind not in SECTIONS:
+        return f"kind {kind!r} is none of {', '.join(SECTIONS)}"
+    if entity.get("version") != ENTITY_VERSION:
+        return f"unsupported entity version {entity.get('version')!r}"
+    if not isinstance(entity_id, str) or not entity_id:
+        return f"id {entity_id!r} is not a non-empty string"
+    if text != f"{kind}/{entity_id}":
+        return f"key does not match the entity {kind}/{entity_id}"
+    if not isinstance(spec, dict):
+        return "spec is not an object"
+    id_field = SECTIONS[kind][1]
+    if spec.get(id_field) != entity_id:
+        return f"spec.{id_field} {spec.get(id_field)!r} differs from the entity id"
+    return None
+
+
+def period_key_error(key: bytes, value: bytes | None) -> str | None:
+    """Why a `meterline.periods` key is not `YYYY-MM` or `YYYY-MM/<account>`, or None."""
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return "key is not UTF-8"
+    match = _PERIOD_KEY.fullmatch(text)
+    if match is None:
+        return "key is not YYYY-MM or YYYY-MM/<account>"
+    if int(match.group(1)) < 1:
+        return "year 0000 does not exist"
+    if not 1 <= int(match.group(2)) <= 12:
+        return "month is not 01 to 12"
+    return None
+
+
+_VALIDATORS: Final[dict[str, Validator]] = {CONTRACTS: catalog_entity_error, PERIODS: period_key_error}
