@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from datetime import UTC, datetime, time
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterline.catalog import Charge, ChargeFilters, EventRounding, LocalTimeWindow, Meter, Tier
-from meterline.reasons import MISSING_FIELD, NO_MATCHING_CHARGE, UNKNOWN_METER, Rejected
+from meterline.catalog import Charge, ChargeFilters, EventRounding, LocalTimeWindow, Meter, Plan, Tier
+from meterline.reasons import (
+    INTERNAL_ERROR,
+    INVALID_QUANTITY,
+    MISSING_FIELD,
+    NO_MATCHING_CHARGE,
+    UNKNOWN_METER,
+    Rejected,
+)
 from meterline.records import UsageEvent, invoice_id_for
 from rating.pricing import price, round_event_quantity
 from rating.rater import AggregateKey, RatingState, rate, rate_batch
@@ -349,3 +358,98 @@ def test_undo_after_any_batch_restores_the_state(scenario: RatingScenario, split
     assert batch.changed <= set(state.aggregates)
     state.undo(batch)
     assert state == snapshot
+
+
+# --- limits and containment ----------------------------------------------------------------------
+
+STORAGE = Meter("m", "GB", "sum")
+PER_GB = Charge("c", "m", "flat", unit_price=D("0.01"))
+LIMIT = D(10) ** 20
+
+
+def test_an_aggregate_reaching_ten_to_the_twenty_is_rejected_and_the_state_stays() -> None:
+    # Reproduced on c9cf9a2: both were rated (aggregate 1.2 * 10^20), and consolidation then
+    # died storing the aggregate as DECIMAL(38,18).
+    catalog = catalog_with([STORAGE], [PER_GB])
+    state = RatingState()
+    big = D("60000000000000000000")
+    batch = rate_batch(state, [usage_event("a", big), usage_event("b", big), usage_event("c", 1)], catalog)
+    assert [r.event.event_id for r in batch.rated] == ["a", "c"]
+    [(index, rejection)] = batch.rejected
+    assert (index, rejection.reason) == (1, INVALID_QUANTITY)
+    assert "10^20" in rejection.detail
+    assert state.aggregates == {key("c"): big + 1}
+    assert batch.rated[1].aggregate_before == big
+
+
+def test_a_price_reaching_ten_to_the_twenty_is_rejected() -> None:
+    catalog = catalog_with([STORAGE], [Charge("c", "m", "flat", unit_price=D(1000))])
+    state = RatingState()
+    batch = rate_batch(state, [usage_event("a", D(10) ** 16), usage_event("b", D(10) ** 17)], catalog)
+    assert [r.aggregate_after for r in batch.rated] == [D(10) ** 16]
+    assert [(i, r.reason) for i, r in batch.rejected] == [(1, INVALID_QUANTITY)]
+    assert state.aggregates == {key("c"): D(10) ** 16}
+
+
+@settings(deadline=None)
+@given(
+    rating_scenarios(aggregations=("sum", "max")),
+    st.lists(
+        st.tuples(st.integers(0, 25), st.decimals(min_value="1e19", max_value=LIMIT - 1, places=0)),
+        max_size=4,
+    ),
+)
+def test_the_limit_leaves_the_state_as_if_the_rejected_events_never_came(
+    scenario: RatingScenario, inserts: list[tuple[int, Decimal]]
+) -> None:
+    events = list(scenario.events)
+    for position, quantity in inserts:
+        events.insert(position, usage_event(f"big-{position}", quantity, event_time=events[0].event_time))
+    state = RatingState()
+    batch = rate_batch(state, events, scenario.catalog)
+    assert {rejection.reason for _, rejection in batch.rejected} <= {INVALID_QUANTITY}
+    for rated in batch.rated:
+        assert max(abs(rated.aggregate_after), abs(rated.amount)) < LIMIT
+        assert price(scenario.charge, rated.aggregate_after) < LIMIT
+    rejected = {index for index, _ in batch.rejected}
+    replayed = RatingState()
+    again = rate_batch(replayed, [e for i, e in enumerate(events) if i not in rejected], scenario.catalog)
+    assert again.rejected == []
+    assert replayed == state
+    assert [r.amount for r in again.rated] == [r.amount for r in batch.rated]
+
+
+class _BrokenPlans(dict[str, Plan]):
+    """A catalog view whose lookup of one plan fails unexpectedly."""
+
+    def get(self, plan_id: str, default: Any = None) -> Any:
+        if plan_id == "broken":
+            raise RuntimeError("plan table corrupted")
+        return super().get(plan_id, default)
+
+
+def test_an_unexpected_failure_is_an_internal_error_and_the_batch_goes_on() -> None:
+    plain = catalog_with([STORAGE], [PER_GB])
+    catalog = dataclasses.replace(plain, plans=_BrokenPlans(plain.plans))
+    state = RatingState()
+    events = [usage_event("a", 2), usage_event("b", 3, plan_id="broken"), usage_event("c", 4)]
+    batch = rate_batch(state, events, catalog)
+    assert [r.event.event_id for r in batch.rated] == ["a", "c"]
+    [(index, rejection)] = batch.rejected
+    assert (index, rejection.reason) == (1, INTERNAL_ERROR)
+    assert rejection.detail == "RuntimeError: plan table corrupted"
+    assert state.aggregates == {key("c"): D(6)}
+
+
+def test_a_failure_after_pricing_leaves_the_state_untouched() -> None:
+    # An account id that cannot be encoded fails in the invoice id, after the event was priced:
+    # the aggregate must not have moved for an event that is not rated.
+    odd = "acct-\ud800"
+    plain, other = catalog_with([STORAGE], [PER_GB]), catalog_with([STORAGE], [PER_GB], account_id=odd)
+    catalog = dataclasses.replace(plain, accounts={**plain.accounts, **other.accounts})
+    state = RatingState()
+    batch = rate_batch(state, [usage_event("a", 2, account_id=odd), usage_event("b", 3)], catalog)
+    assert [(i, r.reason) for i, r in batch.rejected] == [(0, INTERNAL_ERROR)]
+    assert "UnicodeEncodeError" in batch.rejected[0][1].detail
+    assert state.aggregates == {key("c"): D(3)}
+    assert batch.changed == {key("c")}

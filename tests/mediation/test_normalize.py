@@ -1,0 +1,139 @@
+"""Validation limits of mediation.normalize, in every input format: the range of instants
+an event may name (1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z, bounds included) and
+the storable quantity (below 10^20 after unit conversion)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mediation.formats import parse_record
+from meterline.catalog import Meter
+from meterline.reasons import INVALID_QUANTITY, INVALID_TIMESTAMP, Rejected
+from tests.mediation.test_formats import METERS, cdr, cloudevent, lago, native, parse, rejection
+
+FIRST = datetime(1970, 1, 1, tzinfo=UTC)
+LAST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+# A processing clock late enough that nothing in range is a future timestamp.
+END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+LAST_EPOCH = 253_402_300_799
+
+
+def records(iso: str | None, epoch: str | None) -> list[tuple[bytes, str]]:
+    """The instant in every format that can name it: ISO text, and epoch seconds written as
+    the JSON number `epoch` (and, for Lago, as a numeric string)."""
+    found: list[tuple[dict[str, Any] | str, str]] = []
+    if iso is not None:
+        found += [(native(timestamp=iso), "auto"), (cloudevent(time=iso), "auto")]
+        if iso.endswith("Z"):  # Asterisk writes UTC times without an offset
+            found.append((cdr(answer=iso[:-1].replace("T", " ")), "asterisk-csv"))
+    if epoch is not None:
+        found += [(native(timestamp="EPOCH"), "auto"), (cloudevent(time="EPOCH"), "auto")]
+        found += [(lago(timestamp="EPOCH"), "auto"), (lago(timestamp=epoch), "auto")]
+    return [
+        (
+            record.encode()
+            if isinstance(record, str)
+            else json.dumps(record).replace('"EPOCH"', epoch or "").encode(),
+            fmt,
+        )
+        for record, fmt in found
+    ]
+
+
+@pytest.mark.parametrize(
+    ("iso", "epoch", "expected"),
+    [
+        ("1970-01-01T00:00:00Z", "0", FIRST),
+        ("1969-12-31T16:00:00-08:00", "0.0", FIRST),
+        ("9999-12-31T23:59:59Z", str(LAST_EPOCH), LAST),
+        ("9999-12-31T23:59:59+00:00", f"{LAST_EPOCH}.000000", LAST),
+    ],
+)
+def test_the_bounds_are_valid_instants(iso: str, epoch: str, expected: datetime) -> None:
+    for raw, fmt in records(iso, epoch):
+        assert parse_record(raw, fmt, METERS, END_OF_TIME).event_time == expected, raw
+
+
+@pytest.mark.parametrize(
+    ("iso", "epoch"),
+    [
+        ("0001-01-01T00:00:00Z", "-62135596800"),  # the reproduced crash: year 1 is a valid datetime
+        ("1969-12-31T23:59:59Z", "-1"),
+        ("1969-12-31T23:59:59.999999Z", "-0.000001"),
+        ("1970-01-01T00:59:59+01:00", "-1.5"),
+        ("0001-01-01T00:00:00-08:00", "-62135568000"),
+        ("9999-12-31T23:59:59.5Z", f"{LAST_EPOCH}.5"),
+        ("9999-12-31T23:59:59.000001Z", f"{LAST_EPOCH}.000001"),
+        (None, str(LAST_EPOCH + 1)),
+    ],
+)
+def test_instants_outside_the_range_are_invalid_timestamps_in_every_format(
+    iso: str | None, epoch: str
+) -> None:
+    for raw, fmt in records(iso, epoch):
+        with pytest.raises(Rejected) as caught:
+            parse_record(raw, fmt, METERS, END_OF_TIME)
+        assert caught.value.reason == INVALID_TIMESTAMP, (raw, caught.value)
+
+
+def test_the_detail_names_the_range() -> None:
+    assert (
+        "1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z"
+        in rejection(native(timestamp="1969-07-20T20:17:40Z")).detail
+    )
+    assert "1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z" in rejection(lago(timestamp=-14182940)).detail
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)))
+def test_an_instant_is_valid_exactly_when_it_is_in_range(instant: datetime) -> None:
+    text = instant.isoformat().replace("+00:00", "Z")
+    epoch = str(Decimal((instant - FIRST) // timedelta(microseconds=1)).scaleb(-6))
+    for record in (native(timestamp=text), lago(timestamp=epoch)):
+        if FIRST <= instant <= LAST:
+            assert parse(record, now=END_OF_TIME).event_time == instant
+        else:
+            assert rejection(record, now=END_OF_TIME).reason == INVALID_TIMESTAMP
+
+
+# --------------------------------------------------------------------------- quantity
+
+
+TRANSFER = {"transfer": Meter("transfer", "GB", "sum", source_unit="byte")}
+
+
+def quantity_of(quantity: object, meters: dict[str, Meter]) -> Decimal:
+    raw = json.dumps(native(meter="transfer", quantity=quantity)).encode()
+    return parse_record(raw, "json", meters, datetime(2026, 3, 31, tzinfo=UTC)).quantity
+
+
+def test_the_maximum_applies_after_unit_conversion() -> None:
+    # 10^21 bytes is 10^12 GB: storable, though the figure sent is not.
+    assert quantity_of("1000000000000000000000", TRANSFER) == Decimal(10) ** 12
+    assert quantity_of("99999999999999999999999999999", TRANSFER) == Decimal("99999999999999999999.999999999")
+    for too_large in ("100000000000000000000000000000", "1e40", "1e400", 10**61):
+        with pytest.raises(Rejected) as caught:
+            quantity_of(too_large, TRANSFER)
+        assert caught.value.reason == INVALID_QUANTITY
+        assert "once converted to GB" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "quantity", ["100000000000000000000", "99999999999999999999.9999999999999999995", "1e20"]
+)
+def test_a_quantity_reaching_ten_to_the_twenty_is_invalid(quantity: str) -> None:
+    # The last one rounds up to 10^20 at 18 places.
+    assert rejection(native(quantity=quantity)).reason == INVALID_QUANTITY
+    assert rejection(cloudevent(data={"quantity": quantity})).reason == INVALID_QUANTITY
+    assert rejection(lago(properties={"quantity": quantity})).reason == INVALID_QUANTITY
+
+
+def test_the_largest_storable_quantity_is_valid() -> None:
+    largest = "99999999999999999999.999999999999999999"
+    assert parse(native(quantity=largest)).quantity == Decimal(largest)

@@ -1,0 +1,263 @@
+"""The mediation stage's transform without Kafka: containment of hostile records,
+internal errors and the dead-letter copies, per record, with the rest of the batch going on."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, cast
+
+from mediation.dedup import KEY_BYTES
+from mediation.stage import ORIGIN_HEADER, RAW_HEADER, MediationProcessor
+from meterline.catalog import Account, Catalog, Charge, Contract, Meter, Plan
+from meterline.config import RawTopic, Settings
+from meterline.dlq import DEFAULT_MAX_BYTES, TRUNCATED_HEADER, record_size
+from meterline.lineage import lineage_value
+from meterline.messages import InputRecord, OutputRecord
+from meterline.records import UsageEvent
+from meterline.tables import ContractsTable, PeriodsTable
+from meterline.topics import MEDIATED, REJECTED, REPARTITION
+from schemas.codec import decode_usage, encode_usage
+
+RAW = "meterline.raw"
+KEYED = "raw.keyed"
+ZONES = {"la": "America/Los_Angeles", "tokyo": "Asia/Tokyo", "acme": "UTC"}
+
+
+def catalog(meters: Mapping[str, Meter] | None = None) -> Catalog:
+    plan = Plan("p", "EUR", "half_even", (Charge("c", "api_calls", "flat", unit_price=Decimal("0.01")),))
+    return Catalog(
+        meters=meters if meters is not None else {"api_calls": Meter("api_calls", "call", "sum")},
+        plans={"p": plan},
+        accounts={
+            account: Account(
+                account, account, zone, (Contract(f"{account}-k", account, "p", date(1969, 1, 1), None),)
+            )
+            for account, zone in ZONES.items()
+        },
+    )
+
+
+class Contracts:
+    def __init__(self, current: Catalog) -> None:
+        self.catalog = current
+
+    def poll(self) -> bool:
+        return False
+
+
+class Periods:
+    """Closed periods, and optionally a period whose lookup fails (a fault injected into a pure view)."""
+
+    def __init__(self, failing: str | None = None) -> None:
+        self.failing = failing
+        self.closed_all: set[str] = set()
+        self.closed_accounts: set[tuple[str, str]] = set()
+
+    def poll(self) -> bool:
+        return False
+
+    def is_closed(self, account_id: str, period: str) -> bool:
+        if period == self.failing:
+            raise RuntimeError(f"periods view broken for {period}")
+        return period in self.closed_all or (period, account_id) in self.closed_accounts
+
+
+def processor(current: Catalog | None = None, periods: Periods | None = None) -> MediationProcessor:
+    settings = Settings(raw_topics=(RawTopic(RAW), RawTopic(KEYED, keyed_by_account=True)))
+    return MediationProcessor(
+        settings,
+        cast(ContractsTable, Contracts(current or catalog())),
+        cast(PeriodsTable, periods or Periods()),
+        partitions=3,
+    )
+
+
+def native(event_id: str, account: str = "acme", timestamp: object = "2026-03-05T10:00:00Z") -> bytes:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "account_id": account,
+            "meter": "api_calls",
+            "quantity": 2,
+            "timestamp": timestamp,
+        }
+    ).encode()
+
+
+def lago(event_id: str, account: str, timestamp: object) -> bytes:
+    return json.dumps(
+        {
+            "transaction_id": event_id,
+            "external_customer_id": account,
+            "code": "api_calls",
+            "timestamp": timestamp,
+            "properties": {"quantity": 2},
+        }
+    ).encode()
+
+
+def raw_records(topic: str, *values: bytes, headers: dict[str, bytes] | None = None) -> list[InputRecord]:
+    return [
+        InputRecord(topic, 0, offset, b"k", value, dict(headers or {})) for offset, value in enumerate(values)
+    ]
+
+
+def forwarded(outputs: list[OutputRecord]) -> Iterator[InputRecord]:
+    """The repartition records of a raw batch, as the keyed step reads them back."""
+    for offset, out in enumerate(o for o in outputs if o.topic == REPARTITION):
+        yield InputRecord(
+            REPARTITION, out.partition or 0, offset, out.key, out.value, dict(out.headers or [])
+        )
+
+
+def mediate(stage: MediationProcessor, *values: bytes) -> tuple[list[UsageEvent], list[dict[str, bytes]]]:
+    """Both steps, through the repartition topic: the mediated events and the DLQ headers."""
+    first = stage.process(raw_records(RAW, *values))
+    second = stage.process(list(forwarded(first.outputs)))
+    outputs = first.outputs + second.outputs
+    return (
+        [decode_usage(o.value or b"") for o in outputs if o.topic == MEDIATED],
+        [dict(o.headers or []) for o in outputs if o.topic == REJECTED],
+    )
+
+
+def reasons(dead: list[dict[str, bytes]]) -> list[str]:
+    return [headers["meterline.reason"].decode() for headers in dead]
+
+
+# --------------------------------------------------------------------------- out-of-range instants
+
+
+def test_year_one_for_an_account_west_of_utc_is_an_invalid_timestamp_not_a_crash() -> None:
+    # Reproduced on c9cf9a2: OverflowError: date value out of range, out of the keyed step.
+    events, dead = mediate(
+        processor(),
+        native("before", "la"),
+        native("year-one", "la", "0001-01-01T00:00:00Z"),
+        lago("lago-year-one", "la", -62135596800),
+        lago("lago-year-one-text", "la", "-62135596800"),
+        native("after", "la"),
+    )
+    assert [e.event_id for e in events] == ["before", "after"]
+    assert reasons(dead) == ["invalid_timestamp"] * 3
+    assert all(b"1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z" in h["meterline.detail"] for h in dead)
+
+
+def test_out_of_range_instants_on_a_topic_keyed_by_account() -> None:
+    result = processor().process(
+        raw_records(KEYED, native("year-one", "la", "0001-01-01T00:00:00Z"), native("ok", "la"))
+    )
+    assert result.counts[(KEYED, 0)] == Counter(
+        {"events_in": 2, "rejected.invalid_timestamp": 1, "mediated": 1}
+    )
+
+
+def test_an_instant_with_no_local_time_is_an_invalid_timestamp() -> None:
+    # 9999-12-31T23:59:59Z is in range, but it is year 10000 in Tokyo. Validation lets it
+    # through only with a clock in year 9999 (future_timestamp otherwise); a mediated record
+    # carrying it must still not stop the stage.
+    edge = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    records = [
+        InputRecord(
+            REPARTITION,
+            0,
+            offset,
+            account.encode(),
+            encode_usage(UsageEvent(f"edge-{account}", account, "api_calls", Decimal(1), edge, {})),
+            {RAW_HEADER: b"original", ORIGIN_HEADER: lineage_value(RAW, 0, offset)},
+        )
+        for offset, account in enumerate(["tokyo", "la"])
+    ]
+    result = processor().process(records)
+    dead = [dict(o.headers or []) for o in result.outputs if o.topic == REJECTED]
+    assert reasons(dead) == ["invalid_timestamp"]
+    assert b"Asia/Tokyo" in dead[0]["meterline.detail"]
+    mediated = [decode_usage(o.value or b"") for o in result.outputs if o.topic == MEDIATED]
+    assert [(e.event_id, e.period) for e in mediated] == [("edge-la", "9999-12")]
+
+
+# --------------------------------------------------------------------------- internal errors
+
+
+class FailingMeters(dict[str, Meter]):
+    """A catalog view whose lookup of one meter fails unexpectedly."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "explodes":
+            raise RuntimeError("meter table corrupted")
+        return super().get(key, default)
+
+
+def test_a_record_that_fails_in_the_raw_step_is_an_internal_error_and_the_batch_goes_on() -> None:
+    meters = FailingMeters(api_calls=Meter("api_calls", "call", "sum"))
+    bad = native("boom").replace(b'"api_calls"', b'"explodes"')
+    result = processor(catalog(meters)).process(raw_records(RAW, native("a"), bad, native("b")))
+    assert result.counts[(RAW, 0)] == Counter({"events_in": 3, "forwarded": 2, "rejected.internal_error": 1})
+    [dead] = [o for o in result.outputs if o.topic == REJECTED]
+    headers = dict(dead.headers or [])
+    assert dead.value == bad
+    assert headers["meterline.detail"] == b"RuntimeError: meter table corrupted"
+    assert headers["meterline.source.offset"] == b"1"
+
+
+def test_a_record_that_fails_after_dedup_gives_its_key_back() -> None:
+    periods = Periods(failing="2026-04")
+    stage = processor(periods=periods)
+    april = native("april", timestamp="2026-04-05T10:00:00Z")
+    first = stage.process(raw_records(KEYED, native("march"), april, april, native("march-2")))
+    counts = first.counts[(KEYED, 0)]
+    # Both copies fail (the second takes the first's place, it is no duplicate); the rest is mediated.
+    assert counts == Counter({"events_in": 4, "mediated": 2, "rejected.internal_error": 2})
+    dead = [dict(o.headers or []) for o in first.outputs if o.topic == REJECTED]
+    assert [h["meterline.detail"] for h in dead] == [b"RuntimeError: periods view broken for 2026-04"] * 2
+    # Only the mediated events' keys reach the changelog.
+    assert sum(len(value or b"") for _, value in first.changelog[(KEYED, 0)]) == 2 * KEY_BYTES
+
+    periods.failing = None  # fixed: a replay of the failed record is mediated, not a duplicate
+    again = stage.process([InputRecord(KEYED, 0, 4, b"k", april, {})])
+    assert again.counts[(KEYED, 0)] == Counter({"events_in": 1, "mediated": 1})
+    assert stage.process([InputRecord(KEYED, 0, 5, b"k", april, {})]).counts[(KEYED, 0)] == Counter(
+        {"events_in": 1, "duplicates": 1}
+    )
+
+
+def test_a_forwarded_record_with_a_broken_origin_header_still_reaches_the_dlq() -> None:
+    record = InputRecord(
+        REPARTITION, 1, 7, b"k", b"not avro", {ORIGIN_HEADER: b"garbage", RAW_HEADER: b"orig"}
+    )
+    [dead] = processor().process([record]).outputs
+    headers = dict(dead.headers or [])
+    assert (dead.value, headers["meterline.reason"]) == (b"orig", b"malformed")
+    assert headers["meterline.source.topic"] == REPARTITION.encode()
+
+
+# --------------------------------------------------------------------------- size
+
+
+def test_a_record_the_publisher_truncated_is_too_large_and_keeps_the_header() -> None:
+    prefix = native("cut")[:40]
+    result = processor().process(raw_records(RAW, prefix, headers={TRUNCATED_HEADER: b"1500000"}))
+    [dead] = result.outputs
+    headers = dict(dead.headers or [])
+    assert headers["meterline.reason"] == b"too_large"
+    assert headers["meterline.detail"] == b"1500000 bytes, cut by the publisher to 40"
+    assert headers[TRUNCATED_HEADER] == b"1500000"
+    assert dead.value == prefix
+
+
+def test_the_dlq_copy_of_a_one_megabyte_line_fits_the_producer_limit() -> None:
+    # Reproduced on c9cf9a2: the DLQ copy (1,000,000 bytes plus headers) exceeded message.max.bytes,
+    # so every transaction of the batch failed and the worker retried it forever.
+    line = native("huge")[:-1] + b', "pad": "' + b"x" * 1_000_000 + b'"}'
+    result = processor().process(raw_records(RAW, line, native("fine")))
+    [dead] = [o for o in result.outputs if o.topic == REJECTED]
+    headers = dict(dead.headers or [])
+    assert headers["meterline.reason"] == b"too_large"
+    assert headers[TRUNCATED_HEADER] == str(len(line)).encode()
+    assert line.startswith(dead.value or b"")
+    assert record_size(dead.value or b"", dead.key, dead.headers or []) == DEFAULT_MAX_BYTES
+    assert result.counts[(RAW, 0)]["forwarded"] == 1
