@@ -82,16 +82,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--close-all", action="store_true", help="finalize every draft at the end of the run")
     run.add_argument("--summary-json", metavar="FILE", help="also write the summary counts as JSON")
     run.add_argument("--config", metavar="FILE", help="meterline.toml settings file")
-    run.add_argument("--partitions", type=int, help="partitions per topic (default 12)")
+    run.add_argument("--partitions", type=_positive, help="partitions per topic (default 12)")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier run in DIR (without it such a DIR is refused; "
+        "other files in DIR are left alone)",
+    )
 
     demo = sub.add_parser(
         "demo",
         help="`run` on a generated month of SaaS and telecom usage",
         description="Generate a realistic month of usage and run the whole pipeline on it.",
     )
-    demo.add_argument("--accounts", type=int, default=300, help="number of accounts (default 300)")
-    demo.add_argument("--events", type=int, default=200_000, help="number of events (default 200000)")
-    demo.add_argument("--out", default="meterline-out", metavar="DIR", help="output folder")
+    demo.add_argument("--accounts", type=_positive, default=300, help="number of accounts (default 300)")
+    demo.add_argument(
+        "--events", type=_positive, default=200_000, help="number of events (default 200000)"
+    )
+    demo.add_argument(
+        "--out",
+        default="meterline-out",
+        metavar="DIR",
+        help="output folder; the demo replaces its own earlier output there",
+    )
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
 
     for stage, text in (
@@ -120,9 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     publish = csub.add_parser(
         "publish",
         help="validate a catalog and publish it",
-        description="Validate a catalog file and publish it to meterline.contracts.",
+        description="Validate a catalog file and publish it to meterline.contracts. Accounts and "
+        "contracts missing from FILE are removed, except those that may have usage in an open "
+        "period: a removed contract may have usage in every billing period it was in effect "
+        "during, from its start until now, and a period counts as open until it is closed for "
+        "the account on meterline.periods. Such removals are refused, naming them, unless "
+        "--force (a forced removal leaves that usage without terms at the close).",
     )
     publish.add_argument("file", metavar="FILE")
+    publish.add_argument(
+        "--force",
+        action="store_true",
+        help="remove accounts and contracts even if they may have usage in an open period",
+    )
     _kafka_options(publish)
 
     produce = sub.add_parser(
@@ -140,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="finalize drafts for a period",
         description="Publish a period close; the consolidation worker finalizes the drafts.",
     )
-    close.add_argument("--period", required=True, metavar="YYYY-MM")
+    close.add_argument(
+        "--period", required=True, metavar="YYYY-MM", help="the billing period, e.g. 2026-11"
+    )
     close.add_argument("--account", metavar="ID", help="close for one account only")
     _kafka_options(close)
 
@@ -149,16 +174,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="DuckDB SQL over the outputs",
         description="Run DuckDB SQL over billing.duckdb (tables and the rated_usage view).",
     )
-    query.add_argument("sql", metavar="SQL")
+    query.add_argument("sql", metavar="SQL", help="the query, e.g. \"SELECT * FROM invoice_drafts\"")
     query.add_argument("--out", default="meterline-out", metavar="DIR", help="output folder")
 
     broker = sub.add_parser(
         "broker",
         help="run the embedded broker in the foreground",
-        description="Run the embedded Kafka-compatible broker (Tansu) until Ctrl-C.",
+        description="Run the embedded Kafka-compatible broker (Tansu) until Ctrl-C. It keeps "
+        "topics in memory only: everything is lost when it stops (the bundled Tansu has no "
+        "persistent storage engine).",
     )
-    broker.add_argument("--port", type=int, help="port (default: a free one)")
+    broker.add_argument("--port", type=_port, help="port (default: a free one)")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -180,7 +224,9 @@ def _run(args: argparse.Namespace) -> int:
     from meterline.publish import parse_input
 
     inputs = [parse_input(spec, args.format) for spec in args.input]
-    result = run_pipeline(_settings(args), args.catalog, inputs, args.out, args.close_all, args.config)
+    result = run_pipeline(
+        _settings(args), args.catalog, inputs, args.out, args.close_all, args.config, overwrite=args.overwrite
+    )
     print_summary(result, args.out)
     if args.summary_json:
         write_summary_json(result, args.summary_json)
@@ -204,7 +250,10 @@ def _demo(args: argparse.Namespace) -> int:
             handle.write(line + b"\n")
     print(f"demo: {args.accounts} accounts, {args.events:,} events generated in {work}", flush=True)
     started = time.monotonic()
-    result = run_pipeline(load_settings(None), str(catalog), [InputFile(events, "auto")], args.out, True)
+    # The demo owns its output folder: each demo replaces the previous one's outputs.
+    result = run_pipeline(
+        load_settings(None), str(catalog), [InputFile(events, "auto")], args.out, True, overwrite=True
+    )
     print_summary(result, args.out)
     print(f"elapsed: {time.monotonic() - started:.1f}s")
     return 0 if result.reconciled else EXIT_FAILURE
@@ -231,6 +280,11 @@ def _broker(args: argparse.Namespace) -> int:
     from meterline.broker import EmbeddedBroker
 
     with EmbeddedBroker(args.port) as broker:
+        print(
+            "meterline: the embedded broker keeps topics in memory only; everything is lost when it stops",
+            file=sys.stderr,
+            flush=True,
+        )
         print(f"bootstrap servers: {broker.bootstrap_servers}", flush=True)
         stop = False
 
@@ -259,7 +313,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if command == "contracts":
         from meterline.publish import publish_catalog
 
-        count = publish_catalog(_settings(args), args.file)
+        count = publish_catalog(_settings(args), args.file, force=args.force)
         print(f"published {count} catalog entities from {args.file}")
         return 0
     if command == "produce":
@@ -270,8 +324,9 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"produced {count} records")
         return 0
     if command == "close":
-        from meterline.publish import publish_close
+        from meterline.publish import check_period, publish_close
 
+        check_period(args.period)  # before reading any settings: nothing is published
         publish_close(_settings(args), args.period, args.account)
         print(f"close of {args.period}{' for ' + args.account if args.account else ''} published")
         return 0
@@ -283,7 +338,8 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from meterline.publish import InputError
+    from meterline.pipeline import OutputExists
+    from meterline.publish import InputError, PublishError, RemovalRefused
 
     try:
         args = build_parser().parse_args(argv)
@@ -291,17 +347,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Commands that print results keep stdout for them; logs go to stderr, warnings only.
             configure_logging("warning")
         return dispatch(args)
-    except (UsageError, ConfigError, InputError, CatalogError) as exc:
-        print(f"meterline: error: {exc}", file=sys.stderr)
+    except (UsageError, ConfigError, InputError, CatalogError, OutputExists, RemovalRefused) as exc:
+        print(f"meterline: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except PublishError as exc:  # unreachable broker, undelivered records
+        print(f"meterline: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("meterline: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line instead of a traceback
         if os.environ.get("METERLINE_DEBUG"):
             raise
-        print(f"meterline: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"meterline: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n"))
+    return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 if __name__ == "__main__":

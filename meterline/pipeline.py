@@ -9,6 +9,7 @@ summary.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import orjson
 
@@ -36,6 +37,43 @@ from meterline.workers import STAGES
 
 class PipelineError(RuntimeError):
     """The pipeline could not finish (a worker died, or the run timed out)."""
+
+
+class OutputExists(ValueError):
+    """--out holds the outputs of an earlier run and --overwrite was not given."""
+
+
+# What a run writes into --out: the billing store, its Parquet datasets, the workers'
+# logs and the invoice site. Only these are ever removed by --overwrite.
+OUTPUTS: Final = ("billing.duckdb", "billing.duckdb.wal", "rated_usage", "invoices", "logs", "site")
+
+
+def earlier_outputs(out: Path) -> list[Path]:
+    """The outputs of an earlier run found in `out` (nothing else that folder holds)."""
+    return [out / name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Make `out` ready for a run: refuse earlier outputs, or remove them with `overwrite`.
+
+    A run never reuses an earlier run's stored offsets, lineage or drafts: mixed, they
+    would double or drop usage while the reconciliation still adds up.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputExists(f"--out {out}: not a directory")
+    found = earlier_outputs(out)
+    if found and not overwrite:
+        names = ", ".join(path.name for path in found)
+        raise OutputExists(
+            f"--out {out} holds the outputs of an earlier run ({names}); "
+            "pass --overwrite to replace them, or choose another --out"
+        )
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +214,16 @@ def run_pipeline(
     close_all: bool,
     config: str | None = None,
     timeout_s: float = 3600,
+    overwrite: bool = False,
 ) -> RunResult:
+    """Run the whole pipeline on a private embedded broker; outputs go to `out_dir`.
+
+    An `out_dir` holding an earlier run's outputs is refused (OutputExists) unless
+    `overwrite`, which removes those outputs first.
+    """
     catalog = load_catalog(catalog_path)  # a bad catalog fails here, before anything starts
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out, overwrite)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="meterline-run-") as private:
         # The run owns its raw topic and keys it by account as it publishes, so mediation
         # deduplicates without the repartition hop.

@@ -1,29 +1,103 @@
-"""Publishing into the pipeline: the catalog, raw event files, period closes."""
+"""Publishing into the pipeline: the catalog, raw event files, period closes.
+
+These back the user's commands, so they tell the truth: a broker that cannot be
+reached is one :class:`KafkaUnavailable` within a bounded time (librdkafka's own
+log lines are kept off the terminal), and a command succeeds only once every
+record it produced was acknowledged; otherwise :class:`DeliveryError` says how
+many were not.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from mediation.formats import FORMATS, account_of
-from meterline.catalog_file import catalog_entities, parse_catalog, read_catalog_document
+from meterline.catalog_changes import accounts_of_entities, blocked_removals, describe
+from meterline.catalog_file import catalog_entities, parse_catalog, read_catalog_document, validate_document
 from meterline.config import Settings
+from meterline.dlq import TRUNCATED_HEADER, max_bytes_of, record_size
 from meterline.kafka_config import client_config, plain_producer_config, transactional_producer_config
-from meterline.tables import CompactedTable
+from meterline.tables import CompactedTable, PeriodsTable
 from meterline.topics import CONTRACTS, PERIODS, ensure_topics, pipeline_topics
 
 FORMAT_HEADER = "meterline.format"
+# How long a command waits for a broker to answer before it gives up.
+CONNECT_TIMEOUT_S: Final = 10.0
+# How long a command waits for the acknowledgements of what it produced.
+DELIVERY_TIMEOUT_S: Final = 60.0
+_PERIOD: Final = re.compile(r"^(\d{4})-(\d{2})$")
 
 
 class InputError(ValueError):
     """An input argument or file a user got wrong."""
+
+
+class PublishError(RuntimeError):
+    """A command could not do what it was asked; `str()` is the one line to show."""
+
+
+class KafkaUnavailable(PublishError):
+    """No broker answered within the connect timeout."""
+
+
+class DeliveryError(PublishError):
+    """Some produced records were not acknowledged by the broker."""
+
+
+class RemovalRefused(PublishError):
+    """A catalog would remove accounts or contracts that may have usage in an open period."""
+
+
+# --------------------------------------------------------------------------- quiet clients
+
+# User commands print one line on failure: librdkafka's log lines (hundreds while a
+# broker is unreachable) go to a logger that keeps them, not to stderr.
+_LIBRDKAFKA_LOG: Final = logging.getLogger("meterline.librdkafka.command")
+_LIBRDKAFKA_LOG.propagate = False
+_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+
+
+class ClientErrors:
+    """librdkafka's error callbacks, kept so a failure can say why."""
+
+    def __init__(self) -> None:
+        self.last: KafkaError | None = None
+
+    def __call__(self, error: KafkaError) -> None:
+        self.last = error
+
+    def config(self) -> dict[str, Any]:
+        return {"error_cb": self, "logger": _LIBRDKAFKA_LOG}
+
+
+def quiet(config: dict[str, Any], errors: ClientErrors) -> dict[str, Any]:
+    """A client config whose errors and logs reach `errors`, not the terminal."""
+    return {**config, **errors.config()}
+
+
+def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise KafkaUnavailable unless a broker answers a metadata request within `timeout`."""
+    errors = ClientErrors()
+    admin = AdminClient(quiet(client_config(settings.bootstrap_servers, settings.kafka), errors))
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:.0f}s"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- inputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +107,20 @@ class InputFile:
 
 
 def parse_input(spec: str, default_format: str = "auto") -> InputFile:
-    """`FILE` or `FORMAT:FILE` (DESIGN.md §3)."""
-    fmt, sep, rest = spec.partition(":")
-    if sep and fmt in FORMATS:
-        path, chosen = Path(rest), fmt
+    """`FILE` or `FORMAT:FILE` (DESIGN.md §3).
+
+    A prefix is a format when it is followed by `:` and holds no `/`; an unknown one
+    is named as such (unless the whole argument names an existing file).
+    """
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix and "/" not in prefix and not Path(spec).is_file():
+        path, chosen = Path(rest), prefix
+        if chosen not in FORMATS:
+            raise InputError(f"{spec}: unknown format {chosen!r}; use one of {', '.join(FORMATS)}")
     else:
         path, chosen = Path(spec), default_format
-    if chosen not in FORMATS:
-        raise InputError(f"unknown format {chosen!r}; use one of {', '.join(FORMATS)}")
+        if chosen not in FORMATS:
+            raise InputError(f"unknown format {chosen!r}; use one of {', '.join(FORMATS)}")
     if not path.is_file():
         raise InputError(f"{path}: no such input file")
     if chosen == "auto" and path.suffix.lower() == ".csv":
@@ -49,7 +129,10 @@ def parse_input(spec: str, default_format: str = "auto") -> InputFile:
 
 
 def create_topics(settings: Settings) -> None:
-    admin = AdminClient(client_config(settings.bootstrap_servers, settings.kafka))
+    """Create the pipeline's missing topics; KafkaUnavailable if no broker answers."""
+    check_reachable(settings)
+    errors = ClientErrors()
+    admin = AdminClient(quiet(client_config(settings.bootstrap_servers, settings.kafka), errors))
     ensure_topics(
         admin,
         pipeline_topics([t.name for t in settings.raw_topics], settings.partitions),
@@ -57,32 +140,86 @@ def create_topics(settings: Settings) -> None:
     )
 
 
-def publish_catalog(settings: Settings, path: str | Path) -> int:
-    """Validate a catalog file and publish it as keyed entities (removed ones tombstoned)."""
+# --------------------------------------------------------------------------- catalog
+
+
+def publish_catalog(
+    settings: Settings, path: str | Path, force: bool = False, now: datetime | None = None
+) -> int:
+    """Validate a catalog file and publish it as keyed entities (removed ones tombstoned).
+
+    Refuses (RemovalRefused) to remove an account or contract that may have usage in
+    an open period (see meterline.catalog_changes) unless `force`.
+    """
     document = read_catalog_document(path)
-    parse_catalog(document, source=str(path))  # raises CatalogError with file, path and problem
-    entities = catalog_entities(document)
+    source = Path(path).name
+    parse_catalog(document, source=source)  # raises CatalogError with file, path and problem
+    entities = catalog_entities(document, source)
     create_topics(settings)
     current = CompactedTable(CONTRACTS, settings.bootstrap_servers, settings.kafka, "publisher")
-    current.load()
-    current.close()
+    try:
+        current.load()
+    finally:
+        current.close()
     wanted = {key.encode(): orjson.dumps(value) for key, value in entities}
+    removed = current.values.keys() - wanted.keys()
+    if not force:
+        wanted_accounts = {spec["id"]: spec for spec in validate_document(document, source)["accounts"]}
+        blocked = blocked_removals(
+            accounts_of_entities(current.values),
+            wanted_accounts,
+            _closed_periods(settings),
+            now or datetime.now(UTC),
+        )
+        if blocked:
+            raise RemovalRefused(
+                f"{source} would remove what may have usage in an open period: {describe(blocked)}; "
+                "close those periods first, or pass --force"
+            )
+    changes: list[tuple[bytes, bytes | None]] = [
+        (key, value) for key, value in wanted.items() if current.values.get(key) != value
+    ]
+    changes += [(key, None) for key in sorted(removed)]
+    if changes:
+        _publish_transaction(settings, changes)
+    return len(wanted)
+
+
+def _closed_periods(settings: Settings) -> Callable[[str, str], bool]:
+    table = CompactedTable(PERIODS, settings.bootstrap_servers, settings.kafka, "publisher-periods")
+    periods = PeriodsTable(table)
+    try:
+        periods.load()
+    finally:
+        table.close()
+    return periods.is_closed
+
+
+def _publish_transaction(settings: Settings, changes: list[tuple[bytes, bytes | None]]) -> None:
+    errors = ClientErrors()
     producer = Producer(
-        transactional_producer_config(
-            settings.bootstrap_servers,
-            settings.kafka,
-            f"meterline-contracts-publisher-{settings.instance_id}",
+        quiet(
+            transactional_producer_config(
+                settings.bootstrap_servers,
+                settings.kafka,
+                f"meterline-contracts-publisher-{settings.instance_id}",
+            ),
+            errors,
         )
     )
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    for key, value in wanted.items():
-        if current.values.get(key) != value:
+    try:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        for key, value in changes:
             producer.produce(CONTRACTS, key=key, value=value)
-    for key in current.values.keys() - wanted.keys():
-        producer.produce(CONTRACTS, key=key, value=None)
-    producer.commit_transaction(30)
-    return len(wanted)
+        producer.commit_transaction(DELIVERY_TIMEOUT_S)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        reason = error.str() if isinstance(error, KafkaError) else str(exc)
+        raise DeliveryError(f"catalog not published to {CONTRACTS}: {reason}") from exc
+
+
+# --------------------------------------------------------------------------- raw records
 
 
 def read_records(item: InputFile) -> Iterator[bytes]:
@@ -103,35 +240,55 @@ def produce_inputs(
 ) -> int:
     """Publish raw records, files in the order given; each carries its file's format.
 
+    Returns the count once every record is acknowledged; raises KafkaUnavailable when
+    no broker answers and DeliveryError when any record was not delivered.
+
     With `key_by_account` each record is keyed by its account id (read the way
     mediation reads it), so the raw topic can be declared `keyed_by_account` and
     mediation skips the repartition hop.
-    """
-    failures: list[Any] = []
 
-    def delivered(error: Any, _: Any) -> None:
+    A record too large for the producer is published as its longest prefix that fits,
+    with header `meterline.truncated` = its length in bytes; mediation rejects it as
+    `too_large`, so one huge line never stops a run.
+    """
+    check_reachable(settings)
+    failures: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _: Any) -> None:
         if error is not None:
             failures.append(error)
 
+    errors = ClientErrors()
     # Reports of failed deliveries only: a Python callback per delivered record costs as much as producing it.
     producer = Producer(
-        {
-            **plain_producer_config(settings.bootstrap_servers, settings.kafka),
-            "on_delivery": delivered,
-            "delivery.report.only.error": True,
-        }
+        quiet(
+            {
+                **plain_producer_config(settings.bootstrap_servers, settings.kafka),
+                "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
+                **settings.kafka,
+                "on_delivery": delivered,
+                "delivery.report.only.error": True,
+            },
+            errors,
+        )
     )
     topic = topic or settings.raw_topics[0].name
+    max_bytes = max_bytes_of(settings.kafka)
 
     count = 0
     for item in inputs:
         headers = [(FORMAT_HEADER, item.format.encode())]
+        # Below this a record fits whatever its key (keys are account ids, far shorter).
+        fits = max_bytes - record_size(b"", None, headers) - 1024
         for record in read_records(item):
             account = account_of(record, item.format, settings.max_record_bytes) if key_by_account else None
             key = account.encode() if account is not None else None
+            record_headers = headers
+            if len(record) > fits:
+                record, key, record_headers = _fit(record, key, headers, max_bytes)
             while True:
                 try:
-                    producer.produce(topic, value=record, key=key, headers=headers)
+                    producer.produce(topic, value=record, key=key, headers=record_headers)
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -140,17 +297,79 @@ def produce_inputs(
                 producer.poll(0)
                 if on_progress:
                     on_progress(count)
-    producer.flush(120)
-    if failures:
-        raise KafkaException(failures[0])
+            if failures:
+                break  # the broker refuses or is gone: stop rather than fail every record
+        if failures:
+            break
+    _await_delivery(producer, count, topic, failures, errors)
     return count
 
 
-def publish_close(settings: Settings, period: str, account_id: str | None = None) -> None:
-    if len(period) != 7 or period[4] != "-" or not (period[:4] + period[5:]).isdigit():
+def _fit(
+    record: bytes, key: bytes | None, headers: list[tuple[str, bytes]], max_bytes: int
+) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
+    """The record, key and headers to publish: the record as is, or its longest prefix that fits."""
+    if record_size(record, key, headers) <= max_bytes:
+        return record, key, headers
+    cut = [*headers, (TRUNCATED_HEADER, str(len(record)).encode())]
+    if record_size(b"", key, cut) > max_bytes:
+        key = None
+    room = max(max_bytes - record_size(b"", key, cut), 0)
+    return record[:room], key, cut
+
+
+def _await_delivery(
+    producer: Producer, count: int, topic: str, failures: list[KafkaError], errors: ClientErrors
+) -> None:
+    """Wait for every acknowledgement; DeliveryError (after dropping the rest) if any is missing."""
+    pending = producer.flush(DELIVERY_TIMEOUT_S)
+    if not pending and not failures:
+        return
+    undelivered = max(pending + len(failures), 1)
+    producer.purge()
+    producer.flush(0)
+    reason = failures[0] if failures else errors.last
+    why = f": {reason.str()}" if isinstance(reason, KafkaError) else f" within {DELIVERY_TIMEOUT_S:.0f}s"
+    raise DeliveryError(f"{undelivered:,} of {count:,} records were not delivered to {topic}{why}")
+
+
+def check_period(period: str) -> str:
+    """`YYYY-MM` with a month 01-12 and a year from 0001; InputError otherwise."""
+    match = _PERIOD.match(period)
+    if match is None:
         raise InputError(f"--period must look like YYYY-MM, got {period!r}")
+    year, month = int(match.group(1)), int(match.group(2))
+    if year < 1:
+        raise InputError(f"--period {period}: year 0000 does not exist")
+    if not 1 <= month <= 12:
+        raise InputError(f"--period {period}: month must be 01 to 12")
+    return period
+
+
+def publish_close(settings: Settings, period: str, account_id: str | None = None) -> None:
+    """Publish a period close; the consolidation workers finalize the drafts."""
+    check_period(period)
+    if account_id is not None and not account_id:
+        raise InputError("--account must not be empty")
     create_topics(settings)
-    producer = Producer(plain_producer_config(settings.bootstrap_servers, settings.kafka))
+    failures: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _: Any) -> None:
+        if error is not None:
+            failures.append(error)
+
+    errors = ClientErrors()
+    producer = Producer(
+        quiet(
+            {
+                **plain_producer_config(settings.bootstrap_servers, settings.kafka),
+                "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
+                **settings.kafka,
+                "on_delivery": delivered,
+            },
+            errors,
+        )
+    )
     key = f"{period}/{account_id}" if account_id else period
     value = {
         "period": period,
@@ -159,4 +378,4 @@ def publish_close(settings: Settings, period: str, account_id: str | None = None
         "by": "close",
     }
     producer.produce(PERIODS, key=key.encode(), value=orjson.dumps(value))
-    producer.flush(30)
+    _await_delivery(producer, 1, PERIODS, failures, errors)
