@@ -23,8 +23,6 @@ from meterline.messages import OutputRecord
 from meterline.reasons import INTERNAL_ERROR, Rejected
 from meterline.topics import REJECTED
 
-log = structlog.get_logger()
-
 REASON_HEADER: Final = "meterline.reason"
 DETAIL_HEADER: Final = "meterline.detail"
 STAGE_HEADER: Final = "meterline.stage"
@@ -113,7 +111,7 @@ def count_rejection(stage: str, rejection: Rejected, topic: str, partition: int,
     metrics.REJECTED.labels(stage, rejection.reason).inc()
     if rejection.reason == INTERNAL_ERROR:
         metrics.INTERNAL_ERRORS.labels(stage).inc()
-        log.error(
+        structlog.get_logger().error(  # looked up here: rare, and what the current configuration says
             "record_failed",
             stage=stage,
             topic=topic,

@@ -10,6 +10,9 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+
 from mediation.dedup import KEY_BYTES
 from mediation.stage import ORIGIN_HEADER, RAW_HEADER, MediationProcessor
 from meterline.catalog import Account, Catalog, Charge, Contract, Meter, Plan
@@ -183,6 +186,10 @@ def test_an_instant_with_no_local_time_is_an_invalid_timestamp() -> None:
 # --------------------------------------------------------------------------- internal errors
 
 
+def internal_errors() -> float:
+    return REGISTRY.get_sample_value("meterline_internal_errors_total", {"stage": "mediation"}) or 0.0
+
+
 class FailingMeters(dict[str, Meter]):
     """A catalog view whose lookup of one meter fails unexpectedly."""
 
@@ -195,7 +202,14 @@ class FailingMeters(dict[str, Meter]):
 def test_a_record_that_fails_in_the_raw_step_is_an_internal_error_and_the_batch_goes_on() -> None:
     meters = FailingMeters(api_calls=Meter("api_calls", "call", "sum"))
     bad = native("boom").replace(b'"api_calls"', b'"explodes"')
-    result = processor(catalog(meters)).process(raw_records(RAW, native("a"), bad, native("b")))
+    before = internal_errors()
+    with capture_logs() as logs:
+        result = processor(catalog(meters)).process(raw_records(RAW, native("a"), bad, native("b")))
+    assert internal_errors() == before + 1
+    [line] = [entry for entry in logs if entry["event"] == "record_failed"]
+    assert line["log_level"] == "error"
+    assert (line["stage"], line["topic"], line["partition"], line["offset"]) == ("mediation", RAW, 0, 1)
+    assert line["error"] == "RuntimeError: meter table corrupted"
     assert result.counts[(RAW, 0)] == Counter({"events_in": 3, "forwarded": 2, "rejected.internal_error": 1})
     [dead] = [o for o in result.outputs if o.topic == REJECTED]
     headers = dict(dead.headers or [])
