@@ -151,7 +151,9 @@ class RatingProcessor:
         state = self.state.setdefault(tp, RatingState())
         failed: dict[int, Rejected] = {}
         while True:
-            kept = [index for index in range(len(items)) if index not in failed]
+            kept: Sequence[int] = (
+                [index for index in range(len(items)) if index not in failed] if failed else range(len(items))
+            )
             batch = rate_batch(state, [items[index][1] for index in kept], catalog)
             rejected_at = {kept[index]: rejection for index, rejection in batch.rejected}
             outputs = self._rated_outputs(items, kept, rejected_at, batch.rated)
@@ -185,7 +187,7 @@ class RatingProcessor:
     def _rated_outputs(
         self,
         items: list[tuple[InputRecord, UsageEvent]],
-        kept: list[int],
+        kept: Sequence[int],
         rejected_at: dict[int, Rejected],
         rated: list[RatedUsage],
     ) -> list[OutputRecord] | tuple[int, Rejected]:
