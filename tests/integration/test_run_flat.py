@@ -19,7 +19,7 @@ DATA = Path(__file__).parent.parent / "data" / "flat"
 D = Decimal
 
 # (kind, charge_id, quantity, amount) per invoice, computed by hand:
-EXPECTED_LINES = {
+EXPECTED_LINES: dict[tuple[str, str], list[tuple[str, str | None, Decimal | None, Decimal]]] = {
     ("alpha", "2026-09"): [
         # api: a1 1000 + a2 250.5 (+ five corrected re-sends of 0) = 1250.5 calls x 0.002 = 2.501 -> 2.50
         ("usage", "eur-api", D("1250.5"), D("2.50")),
@@ -96,8 +96,8 @@ def test_invoice_lines_match_hand_computed(run_output: Path) -> None:
         assert line_no == len(lines) + 1
         lines.append((kind, charge, quantity.normalize() if quantity is not None else None, amount))
     expected = {
-        key: [(k, c, q.normalize() if q is not None else None, a) for k, c, q, a in lines]
-        for key, lines in EXPECTED_LINES.items()
+        key: [(k, c, q.normalize() if q is not None else None, a) for k, c, q, a in items]
+        for key, items in EXPECTED_LINES.items()
     }
     assert found == expected
 
@@ -133,10 +133,8 @@ def test_parquet_matches_duckdb(run_output: Path) -> None:
             )
             == in_db
         )
-        assert (
-            lines.num_rows
-            == db.execute("SELECT count(*) FROM invoice_lines WHERE period = ?", [period]).fetchone()[0]
-        )  # type: ignore[index]
+        counted = db.execute("SELECT count(*) FROM invoice_lines WHERE period = ?", [period]).fetchone()
+        assert counted is not None and lines.num_rows == counted[0]
 
 
 def test_rated_usage_traces_every_invoice_line(run_output: Path) -> None:
@@ -157,3 +155,52 @@ def test_rejections_by_reason_are_queryable(run_output: Path) -> None:
     assert rows == {
         k.removeprefix("rejected."): v for k, v in EXPECTED_SUMMARY.items() if k.startswith("rejected.")
     }
+
+
+# --------------------------------------------------------------------------- a second run into the same --out
+# These run last in this module: they reuse the first run's output folder.
+
+HUGE_LINE_BYTES = 1_000_000
+
+
+def test_a_second_run_into_the_same_out_is_refused(run_output: Path) -> None:
+    out = run_output / "out"
+    before = sorted(p.name for p in out.iterdir())
+    completed = meterline_run(DATA / "catalog.yaml", f"json:{DATA / 'events.jsonl'}", out, "--close-all")
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    line = completed.stderr.strip()
+    assert "\n" not in line
+    assert "holds the outputs of an earlier run" in line and "--overwrite" in line
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_overwrite_replaces_the_earlier_run_and_a_huge_line_is_too_large(
+    run_output: Path, tmp_path: Path
+) -> None:
+    # Reproduced defects: a run into an --out holding an earlier run reused its offsets,
+    # lineage and drafts and still said "reconciliation ok"; an input line of ~1,000,000
+    # bytes made the run die with MSG_SIZE_TOO_LARGE.
+    out = run_output / "out"
+    (out / "notes.txt").write_text("mine")
+    events = tmp_path / "events.jsonl"
+    huge = b'{"event_id": "huge", "account_id": "alpha", "pad": "' + b"x" * HUGE_LINE_BYTES + b'"}\n'
+    events.write_bytes((DATA / "events.jsonl").read_bytes() + huge)
+    summary = tmp_path / "summary.json"
+    completed = meterline_run(
+        DATA / "catalog.yaml", f"json:{events}", out, "--close-all", "--overwrite",
+        "--summary-json", str(summary), partitions=3, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "reconciliation" in completed.stdout and "ok" in completed.stdout
+    expected = {
+        **EXPECTED_SUMMARY,
+        "events_in": EXPECTED_SUMMARY["events_in"] + 1,
+        "rejected": EXPECTED_SUMMARY["rejected"] + 1,
+        "rejected.too_large": EXPECTED_SUMMARY["rejected.too_large"] + 1,
+    }
+    assert json.loads(summary.read_text()) == expected
+    assert (out / "notes.txt").read_text() == "mine"  # not meterline's: left alone
+    # The same invoices as one clean run: nothing of the first run was reused or doubled.
+    test_invoice_lines_match_hand_computed(run_output)
+    test_drafts_are_final_with_exact_totals(run_output)
+    test_rated_usage_traces_every_invoice_line(run_output)

@@ -59,6 +59,29 @@ def test_every_subcommand_has_help(command: list[str]) -> None:
             "unknown format",
         ),
         (["query", "SELECT 1", "--out", "/nonexistent/out"], "no such database"),
+        # Reproduced defect: an unknown prefix said "no such input file".
+        (
+            [
+                "run",
+                "--catalog",
+                str(DATA / "flat" / "catalog.yaml"),
+                "--input",
+                f"xml:{DATA / 'events.jsonl'}",
+            ],
+            "unknown format 'xml'; use one of auto, json, cloudevents, lago, asterisk-csv",
+        ),
+        (
+            ["produce", f"xml:{DATA / 'events.jsonl'}", "--bootstrap-servers", "127.0.0.1:1"],
+            "unknown format 'xml'",
+        ),
+        (["close", "--period", "2026-13", "--bootstrap-servers", "127.0.0.1:1"], "month must be 01 to 12"),
+        (["close", "--period", "2026-00", "--bootstrap-servers", "127.0.0.1:1"], "month must be 01 to 12"),
+        (["close", "--period", "0000-01", "--bootstrap-servers", "127.0.0.1:1"], "year 0000"),
+        (["close", "--period", "2026-1", "--bootstrap-servers", "127.0.0.1:1"], "YYYY-MM"),
+        (["demo", "--accounts", "0"], "must be at least 1"),
+        (["demo", "--events", "many"], "not a whole number"),
+        (["broker", "--port", "70000"], "not a TCP port"),
+        (["run", "--catalog", "c.yaml", "--input", "x", "--partitions", "0"], "must be at least 1"),
         (["mediation", "--config", "/nonexistent/meterline.toml"], "no such config file"),
     ],
 )
@@ -100,3 +123,34 @@ def test_query_prints_a_table(tmp_path: Path) -> None:
     broken = meterline("query", "SELECT * FROM missing_table", "--out", str(tmp_path))
     assert broken.returncode == 2
     assert "missing_table" in broken.stderr
+
+
+def test_catalog_currency_outside_iso_4217_is_exit_2(tmp_path: Path) -> None:
+    # Reproduced defect: XAU validated, then consolidation raised UnknownCurrencyError.
+    bad = tmp_path / "catalog.yaml"
+    bad.write_text((DATA / "flat" / "catalog.yaml").read_text().replace("currency: USD", "currency: XAU"))
+    events = tmp_path / "events.jsonl"
+    events.write_text("{}\n")
+    for args in (
+        ["run", "--catalog", str(bad), "--input", str(events), "--out", str(tmp_path / "out")],
+        ["contracts", "publish", str(bad), "--bootstrap-servers", "127.0.0.1:1"],
+    ):
+        result = meterline(*args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (
+            "meterline: error: catalog.yaml: plans[1].currency: "
+            "'XAU' is not an ISO 4217 currency with minor units (e.g. EUR, USD, JPY)"
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_contracts_publish_help_explains_the_removal_rule() -> None:
+    text = " ".join(meterline("contracts", "publish", "--help").stdout.split())
+    assert "--force" in text
+    assert "open period" in text
+    assert "meterline.periods" in text
+
+
+def test_run_help_mentions_overwrite() -> None:
+    text = " ".join(meterline("run", "--help").stdout.split())
+    assert "--overwrite" in text and "earlier run" in text
