@@ -1,19 +1,41 @@
-"""Invoice drafts from the stored totals: live previews, period close, reconciliation."""
+"""Invoice drafts from the stored totals: live previews, period close, reconciliation.
+
+A close never skips an account silently: an account with usage in the period that
+the current catalog cannot invoice (removed from the catalog, usage under a contract
+it no longer has, a currency without minor units, any other error) keeps its draft
+open, is logged and counted (meterline_close_accounts_skipped_total), and is listed
+in the `close_problems` table until a later close, with a fixed catalog, finalizes it.
+
+Long closes report progress after each chunk of accounts, so /healthz stays green.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 
 import structlog
 
+from consolidation.compaction import compact_partition
 from consolidation.invoice import InvoiceAssemblyError, InvoiceDraft, UsageTotal, assemble_invoice
 from consolidation.store import BillingStore
 from meterline import metrics
 from meterline.catalog import Catalog, period_bounds
+from meterline.health import HEALTH
 from meterline.records import invoice_id_for
+from meterline.topics import RATED
 
 log = structlog.get_logger()
+
+# Accounts assembled and saved between two progress reports of a close or a refresh.
+CHUNK = 250
+
+# Why a close left an account's draft open (close_problems.reason).
+ACCOUNT_MISSING = "account_missing"  # usage, but the catalog no longer has the account
+NOT_INVOICEABLE = "not_invoiceable"  # the usage does not fit the account's contracts
+ASSEMBLY_FAILED = "assembly_failed"  # anything else raised while assembling the draft
+
+Problem = tuple[str, str, str]  # account, reason, detail
 
 
 def accounts_active_in(catalog: Catalog, period: str) -> list[str]:
@@ -32,12 +54,19 @@ def build_drafts(
     period: str,
     accounts: Iterable[str],
     status: str,
+    problems: list[Problem] | None = None,
 ) -> list[InvoiceDraft]:
-    """Assemble the drafts of `accounts` for `period` from their usage totals (pure)."""
+    """Assemble the drafts of `accounts` for `period` from their usage totals (pure).
+
+    An account that cannot be invoiced gets no draft; with `problems`, it is added
+    there with the reason (an account without usage that left the catalog is not one).
+    """
     drafts = []
     for account_id in accounts:
         account = catalog.accounts.get(account_id)
         if account is None:
+            if problems is not None and usage.get(account_id):
+                problems.append((account_id, ACCOUNT_MISSING, "the catalog has no such account"))
             continue
         try:
             draft = assemble_invoice(account, catalog, period, usage.get(account_id, ()), status)
@@ -46,10 +75,22 @@ def build_drafts(
             # rated): never bill a guess, never stop the sink; the draft waits for a fixed catalog.
             metrics.RECONCILIATION_ERRORS.labels("invoice_assembly").inc()
             log.error("invoice_not_assembled", account=account_id, period=period, error=str(exc))
+            if problems is not None:
+                problems.append((account_id, NOT_INVOICEABLE, str(exc)))
+            continue
+        except Exception as exc:  # one account's failure must not stop the others' invoices
+            log.error("invoice_not_assembled", account=account_id, period=period, error=repr(exc))
+            if problems is not None:
+                problems.append((account_id, ASSEMBLY_FAILED, f"{type(exc).__name__}: {exc}"))
             continue
         if draft is not None:
             drafts.append(draft)
     return drafts
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
 
 
 def refresh_previews(
@@ -63,9 +104,11 @@ def refresh_previews(
     for period, accounts in by_period.items():
         final = store.final_invoice_ids(period)
         todo = sorted(a for a in accounts if invoice_id_for(a, period) not in final)
-        drafts = build_drafts(store.usage_for(period, todo), catalog, period, todo, "open")
-        store.save_drafts(drafts, now)
-        written += len(drafts)
+        for chunk in _chunks(todo):
+            drafts = build_drafts(store.usage_for(period, chunk), catalog, period, chunk, "open")
+            store.save_drafts(drafts, now)
+            written += len(drafts)
+            HEALTH.progress()
     return written
 
 
@@ -76,17 +119,40 @@ def finalize_period(
 
     Idempotent: drafts already final are left alone and the Parquet export is
     rewritten from the tables, so a close interrupted by a crash can simply run again.
+    Accounts that cannot be invoiced stay open and are reported (see close_problems);
+    returns the number of drafts made final.
     """
     final = store.final_invoice_ids(period)
     usage = store.usage_for(period, None if account_id is None else [account_id])
     accounts = [account_id] if account_id else sorted(set(accounts_active_in(catalog, period)) | set(usage))
     todo = [a for a in accounts if invoice_id_for(a, period) not in final]
-    drafts = build_drafts(usage, catalog, period, todo, "final")
-    store.save_drafts(drafts, now)
+    HEALTH.progress()
+    problems: list[Problem] = []
+    written = 0
+    for chunk in _chunks(todo):
+        drafts = build_drafts(usage, catalog, period, chunk, "final", problems)
+        store.save_drafts(drafts, now)
+        written += len(drafts)
+        HEALTH.progress()
+    for account, reason, detail in problems:
+        log.error("close_account_skipped", account=account, period=period, reason=reason, detail=detail)
+    if problems:
+        metrics.CLOSE_ACCOUNTS_SKIPPED.labels(period).inc(len(problems))
+    store.record_close_problems(period, problems, now)
+    store.resolve_close_problems(period)
     store.export_final_invoices(period)
+    HEALTH.progress()
+    if account_id is None:
+        # Each partition's files of the period become one (only committed ones: see compaction).
+        for partition, position in sorted(store.positions(RATED).items()):
+            compact_partition(store, period, partition, position.next_offset, full=True)
+            HEALTH.progress()
     reconcile_amounts(store, period)
-    log.info("period_finalized", period=period, account=account_id, invoices=len(drafts))
-    return len(drafts)
+    HEALTH.progress()
+    log.info(
+        "period_finalized", period=period, account=account_id, invoices=written, left_open=len(problems)
+    )
+    return written
 
 
 def reconcile_amounts(store: BillingStore, period: str) -> list[tuple[str, str, str]]:

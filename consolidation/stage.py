@@ -3,53 +3,80 @@ with live invoice previews and period close.
 
 It writes outside Kafka, so instead of a Kafka transaction it stores consumed
 offsets in DuckDB in the same DuckDB transaction as the aggregates, and seeks to
-them on assignment. The loop, in order:
+them on assignment (after checking they are not past the partitions' ends). The
+loop, in order:
 
     1. consume a batch of rated records (read_committed)
-    2. skip replays (lineage guard) and events of final periods (DLQ period_closed)
-    3. write the batch's rated-usage Parquet files (temp + rename, deterministic names)
-    4. one DuckDB transaction: usage_totals upserts + consumed positions
-    5. publish progress; refresh open drafts every preview interval
+    2. skip replays (lineage guard); sort the rest into rows, totals and rejections
+       (consolidation.batch: every per-record failure is a DLQ record)
+    3. DLQ records out and delivered (else rewind and retry the batch)
+    4. write the batch's rated-usage Parquet files (temp + rename, deterministic names)
+    5. one DuckDB transaction: usage_totals upserts + consumed positions
+    6. publish progress, report health and lag, compact the partitions' files;
+       refresh open drafts every preview interval
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import orjson
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
+from consolidation.batch import STAGE, Batch, build_batch
 from consolidation.closing import accounts_active_in, finalize_period, refresh_previews
-from consolidation.store import BillingStore, Position, RatedRows
+from consolidation.compaction import compact_partition
+from consolidation.dead_letters import DeadLetterSender, Undelivered
+from consolidation.errors import FatalStageError as FatalStageError
+from consolidation.positions import past_end_message, positions_past_end
+from consolidation.store import BillingStore, Position
 from meterline import metrics
 from meterline.catalog import period_bounds, period_start_instant
 from meterline.config import Settings
-from meterline.dlq import dead_letter_headers
+from meterline.dlq import max_bytes_of
 from meterline.health import HEALTH
 from meterline.kafka_config import consumer_config, plain_producer_config
 from meterline.lineage import LINEAGE_HEADER, LineageGuard
-from meterline.reasons import MALFORMED, PERIOD_CLOSED
+from meterline.messages import InputRecord
 from meterline.tables import ContractsTable, PeriodsTable
-from meterline.topics import PERIODS, RATED, REJECTED, STATS
-from schemas.codec import RATED_FIELDS, SchemaError, decode_rated_row
+from meterline.topics import PERIODS, RATED, STATS
 
-STAGE = "consolidation"
-# Positions in a decode_rated_row row of the fields the running totals need.
-_ACCOUNT, _PERIOD, _CHARGE, _METER, _CONTRACT, _AMOUNT, _AGGREGATE_AFTER = (
-    RATED_FIELDS.index(name)
-    for name in ("account_id", "period", "charge_id", "meter", "contract_id", "amount", "aggregate_after")
-)
 # Unbound: the worker binds `stage` through contextvars once logging is configured (a
 # logger bound at import time would keep structlog's default console renderer).
 log = structlog.get_logger()
 
-TotalKey = tuple[str, str, str, str, str]  # account, period, charge, meter, contract
+_PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+# Errors after which going on would lose or skip records: the worker stops.
+_FATAL_CODES = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.OFFSET_OUT_OF_RANGE,
+        KafkaError._AUTO_OFFSET_RESET,
+    }
+)
+_UNKNOWN_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+_BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
+# How long a topic may stay unknown (metadata catching up) before that is fatal.
+UNKNOWN_TOPIC_GRACE_S = 30.0
+# How often an idle loop asks the broker for metadata, to tell idle from cut off.
+IDLE_CHECK_S = 5.0
 
 
 class Consolidator:
@@ -72,47 +99,105 @@ class Consolidator:
         self._dirty: set[tuple[str, str]] = store.stale_previews()
         self._final: set[tuple[str, str]] = store.final_keys()
         self._stopping = False
+        self._fatal: FatalStageError | None = None
+        self._unknown_topic_since: float | None = None
         s = settings
-        self._producer = Producer(plain_producer_config(s.bootstrap_servers, s.kafka))
-        self._consumer = Consumer(consumer_config(s.bootstrap_servers, s.kafka, f"meterline-{STAGE}"))
+        self._producer = Producer(
+            {**plain_producer_config(s.bootstrap_servers, s.kafka), "error_cb": self._client_error}
+        )
+        self._dlq = DeadLetterSender(self._producer, max_bytes_of(s.kafka))
+        self._consumer = Consumer(
+            consumer_config(
+                s.bootstrap_servers,
+                s.kafka,
+                f"meterline-{STAGE}",
+                # Never reset silently: an offset out of range is reported and stops the stage.
+                **{"auto.offset.reset": "error", "error_cb": self._client_error},
+            )
+        )
 
     def request_stop(self, *_: object) -> None:
         self._stopping = True
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Consume until stopped; raises FatalStageError (health already failed) when it cannot go on."""
+        try:
+            self._run(should_stop)
+        except FatalStageError as exc:
+            HEALTH.fail(str(exc))
+            log.error("stage_failed", error=str(exc))
+            raise
+
+    def _run(self, should_stop: Callable[[], bool]) -> None:
         s = self.settings
         self._consumer.subscribe(
             [RATED], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        self._apply_closes()
         HEALTH.start(STAGE)
+        self._apply_closes()
         metrics.READY.labels(STAGE).set(1)
         log.info("stage_started", out=str(self.store.out))
-        last_preview = last_housekeeping = time.monotonic()
+        last_preview = last_housekeeping = last_check = time.monotonic()
         try:
             while not self._stopping and not should_stop():
-                self.contracts.poll()
-                if self.periods.poll():
-                    self._apply_closes()
+                HEALTH.beat()
+                if self.contracts.poll() | self.periods.poll():
+                    self._apply_closes()  # a new close, or a catalog that may finish an earlier one
                 messages = self._consumer.consume(s.batch_size, s.batch_timeout_s)
+                if self._fatal is not None:
+                    raise self._fatal
                 if messages:
                     self._batch(messages)
+                elif time.monotonic() - last_check >= IDLE_CHECK_S:
+                    self._idle_check()
+                    last_check = time.monotonic()
                 if time.monotonic() - last_preview >= s.preview_interval_s:
                     self._refresh_previews()
                     last_preview = time.monotonic()
                 if s.auto_close and time.monotonic() - last_housekeeping >= 60:
                     self._housekeeping()
                     last_housekeeping = time.monotonic()
-        finally:
             self._refresh_previews()
+        finally:
             self._consumer.close()
             self._producer.flush(10)
             log.info("stage_stopped")
+
+    def _client_error(self, error: KafkaError) -> None:
+        """librdkafka's client-level errors (error_cb): broker reachability and fatal errors."""
+        if error.code() in _BROKER_DOWN:
+            HEALTH.broker_down()
+        if error.fatal():
+            self._fatal = FatalStageError(f"fatal Kafka client error: {error}")
+        log.warning("kafka_client_error", error=str(error))
+
+    def _idle_check(self) -> None:
+        """Idle is progress only while the broker answers."""
+        try:
+            self._consumer.list_topics(RATED, timeout=IDLE_CHECK_S)
+        except KafkaException as exc:
+            HEALTH.broker_down()
+            log.warning("broker_unreachable", error=str(exc))
+            return
+        HEALTH.broker_up()
+        HEALTH.progress()
 
     # -- assignment ------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         stored = self.store.positions(RATED)
+        s = self.settings
+        past = positions_past_end(
+            s.bootstrap_servers,
+            s.kafka,
+            RATED,
+            {tp.partition: stored[tp.partition].next_offset for tp in partitions if tp.partition in stored},
+        )
+        if past:
+            self._fatal = FatalStageError(past_end_message(RATED, past, self.store.out))
+            HEALTH.fail(str(self._fatal))
+            consumer.assign([])
+            return
         for tp in partitions:
             position = stored.get(tp.partition, Position(0, {}, {}))
             self._positions[tp.partition] = position
@@ -127,22 +212,24 @@ class Consolidator:
         for tp in partitions:
             self._positions.pop(tp.partition, None)
             self._guards.pop(tp.partition, None)
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(STAGE, RATED, str(tp.partition))
 
     # -- one batch -------------------------------------------------------------
 
-    def _batch(self, messages: list[Message]) -> None:
-        started = time.perf_counter()
-        rows: dict[int, RatedRows] = {}
+    def _records(self, messages: list[Message]) -> tuple[list[InputRecord], dict[int, tuple[int, int]]]:
+        """The new records of partitions this worker owns, and the offsets each partition spans."""
+        fresh: list[InputRecord] = []
         offsets: dict[int, tuple[int, int]] = {}
-        counts: dict[int, Counter[str]] = {}
-        totals: dict[TotalKey, list[Any]] = {}
         for message in messages:
-            if message.error() is not None:
-                log.warning("consume_error", error=str(message.error()))
+            error = message.error()
+            if error is not None:
+                self._consume_error(error)
                 continue
+            self._unknown_topic_since = None
             partition, offset = message.partition(), message.offset()
             guard = self._guards.get(partition)
-            if guard is None:
+            if guard is None:  # revoked inside consume(): no longer ours
                 continue
             span = offsets.get(partition)
             offsets[partition] = (offset, offset) if span is None else (span[0], offset)
@@ -150,72 +237,85 @@ class Consolidator:
             if not guard.admit(headers.get(LINEAGE_HEADER)):
                 metrics.REPLAYS_SKIPPED.labels(STAGE).inc()
                 continue
-            count = counts.get(partition)
-            if count is None:
-                count = counts[partition] = Counter()
-            try:
-                row = decode_rated_row(message.value() or b"")
-            except SchemaError as exc:
-                self._reject(MALFORMED, str(exc), message, count)
-                continue
-            account, period = row[_ACCOUNT], row[_PERIOD]
-            if (account, period) in self._final:
-                self._reject(PERIOD_CLOSED, f"invoice of {account!r} for {period} is final", message, count)
-                continue
-            count["stored"] += 1
-            amount = Decimal(row[_AMOUNT])
-            batch_rows = rows.get(partition)
-            if batch_rows is None:
-                batch_rows = rows[partition] = RatedRows()
-            batch_rows.append(row, partition, offset)
-            key = (account, period, row[_CHARGE], row[_METER], row[_CONTRACT])
-            total = totals.get(key)
-            if total is None:
-                totals[key] = [row[_AGGREGATE_AFTER], amount, 1]
-            else:  # records of one key arrive in order: the last aggregate is the current one
-                total[0] = row[_AGGREGATE_AFTER]
-                total[1] += amount
-                total[2] += 1
-            self._dirty.add((account, period))
+            fresh.append(InputRecord(RATED, partition, offset, message.key(), message.value(), headers))
+        return fresh, offsets
+
+    def _consume_error(self, error: KafkaError) -> None:
+        code = error.code()
+        if error.fatal() or code in _FATAL_CODES:
+            raise FatalStageError(f"consuming {RATED} failed: {error}")
+        if code in _UNKNOWN_TOPIC:
+            now = time.monotonic()
+            since = self._unknown_topic_since = self._unknown_topic_since or now
+            if now - since > UNKNOWN_TOPIC_GRACE_S:
+                raise FatalStageError(f"topic {RATED} is unknown to the broker: {error}")
+        log.warning("consume_error", error=str(error))
+
+    def _batch(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        records, offsets = self._records(messages)
+        if not offsets:
+            return
+        HEALTH.broker_up()
+        batch = build_batch(records, self._final, self.store.stored_amounts)
+        try:
+            self._dlq.send(batch.rejected)
+        except Undelivered as exc:
+            if exc.fatal:
+                raise FatalStageError(str(exc)) from exc
+            self._rewind(offsets)
+            HEALTH.broker_down()
+            log.warning("batch_retried", reason=str(exc), partitions=sorted(offsets))
+            return
         for partition, (first, last) in offsets.items():
-            if partition in rows:
-                self.store.write_rated_files(partition, first, last, rows[partition])
+            if partition in batch.rows:
+                self.store.write_rated_files(partition, first, last, batch.rows[partition])
         new_positions = {}
         for partition, (_, last) in offsets.items():
-            previous = self._positions[partition]
-            merged = Counter(previous.counts)
-            merged.update(counts.get(partition, Counter()))
+            merged = Counter(self._positions[partition].counts)
+            merged.update(batch.counts.get(partition, Counter()))
             new_positions[partition] = Position(last + 1, dict(self._guards[partition].applied), dict(merged))
         self.store.apply_batch(
             RATED,
             new_positions,
-            [(key, Decimal(agg), amount, n) for key, (agg, amount, n) in totals.items()],
+            [(key, Decimal(agg), amount, n) for key, (agg, amount, n) in batch.totals.items()],
         )
         self._positions.update(new_positions)
-        self._producer.flush(10)  # DLQ records of this batch are out before progress says so
+        self._dirty |= batch.touched
+        HEALTH.progress()
         for partition in new_positions:
             self._publish_progress(partition)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
         metrics.CONSUMED.labels(STAGE, RATED).inc(len(messages))
+        self._export_consumer_lag(new_positions)
         # Informational commit, for lag dashboards; the truth is in DuckDB.
         self._consumer.commit(
             offsets=[TopicPartition(RATED, p, pos.next_offset) for p, pos in new_positions.items()],
             asynchronous=True,
         )
+        self._compact(batch, new_positions)
 
-    def _reject(self, reason: str, detail: str, message: Message, count: Counter[str]) -> None:
-        # Not transactional with DuckDB: after a crash the DLQ may hold a copy twice;
-        # readers tell copies apart by the source topic/partition/offset headers.
-        count[f"rejected.{reason}"] += 1
-        metrics.REJECTED.labels(STAGE, reason).inc()
-        headers = dict(message.headers() or [])
-        original = headers.get("ml.raw", message.value())
-        self._producer.produce(
-            REJECTED,
-            value=original,
-            key=message.key(),
-            headers=dead_letter_headers(reason, detail, STAGE, RATED, message.partition(), message.offset()),
-        )
+    def _rewind(self, offsets: dict[int, tuple[int, int]]) -> None:
+        """Back to the stored positions: the batch is consumed again (guards as stored too)."""
+        if self._fatal is not None:
+            raise self._fatal
+        for partition in offsets:
+            position = self._positions[partition]
+            self._guards[partition] = LineageGuard(position.lineage)
+            self._consumer.seek(TopicPartition(RATED, partition, position.next_offset))
+
+    def _export_consumer_lag(self, positions: dict[int, Position]) -> None:
+        for partition, position in positions.items():
+            # cached=True reads the high watermark of the last fetch response: no broker round trip.
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(RATED, partition), cached=True)
+            if high >= 0:
+                lag = max(high - position.next_offset, 0)
+                metrics.CONSUMER_LAG.labels(STAGE, RATED, str(partition)).set(lag)
+
+    def _compact(self, batch: Batch, positions: dict[int, Position]) -> None:
+        for partition, rows in batch.rows.items():
+            for period in rows.periods:
+                compact_partition(self.store, period, partition, positions[partition].next_offset)
 
     def _publish_progress(self, partition: int) -> None:
         position = self._positions[partition]
@@ -241,7 +341,11 @@ class Consolidator:
         metrics.INVOICES.labels("open").set(self.store.count_drafts("open"))
 
     def _apply_closes(self) -> None:
-        """Finalize every close published to meterline.periods that is not done yet."""
+        """Finalize every close published to meterline.periods that is not done yet.
+
+        A close that had to leave an account open (see consolidation.closing) is not done:
+        it runs again on the next catalog change or restart, and finishes once it can.
+        """
         catalog = self.contracts.catalog
         self._refresh_previews()
         closes: list[tuple[str, str | None]] = [(p, None) for p in sorted(self.periods.closed_all)]
@@ -249,8 +353,14 @@ class Consolidator:
         for period, account in closes:
             if self.store.close_done(period, account):
                 continue
+            if not _PERIOD.fullmatch(period):
+                log.error("close_ignored", period=period, account=account, error="not a YYYY-MM period")
+                self.store.mark_close_done(period, account)
+                continue
             finalize_period(self.store, catalog, period, self.clock(), account)
-            self.store.mark_close_done(period, account)
+            left = [a for _, a, _, _ in self.store.close_problems(period) if account in (None, a)]
+            if not left:
+                self.store.mark_close_done(period, account)
         self._final = self.store.final_keys()
         metrics.INVOICES.labels("final").set(len(self._final))
         metrics.INVOICES.labels("open").set(self.store.count_drafts("open"))
@@ -282,4 +392,6 @@ class Consolidator:
                         }
                     ),
                 )
-        self._producer.flush(10)
+        left = self._producer.flush(10)
+        if left:  # the next housekeeping publishes them again
+            log.error("auto_close_not_published", records=left)

@@ -1,15 +1,18 @@
-"""The consolidator's outputs: DuckDB tables and Parquet files (DESIGN.md §7).
+"""The consolidator's outputs: DuckDB tables and Parquet files.
 
 Consumed Kafka offsets are stored in DuckDB in the same DuckDB transaction as the
 aggregates they produced, so the sink is exactly-once: on start it seeks to them.
 Parquet files are written to a temporary name and renamed, with names derived
 from partition and offset range, so a rewrite after a crash replaces a file
-instead of adding a second copy.
+instead of adding a second copy (consolidation.files).
+
+`rated_usage` is a view over the Parquet files minus those listed in
+`hidden_files`: the files a compaction is replacing or about to replace
+(consolidation.compaction). The view sees every row once at every commit.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,37 +23,22 @@ import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from consolidation.invoice import InvoiceDraft, UsageTotal
-from schemas.codec import RATED_FIELDS
-
-EXACT = pa.decimal128(38, 18)
-MONEY = pa.decimal128(38, 4)  # 4 places: wide enough for every ISO 4217 minor unit
-
-RATED_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("account_id", pa.string()),
-        ("meter", pa.string()),
-        ("charge_id", pa.string()),
-        ("model", pa.string()),
-        ("contract_id", pa.string()),
-        ("plan_id", pa.string()),
-        ("event_time", pa.timestamp("us", tz="UTC")),
-        ("quantity", EXACT),
-        ("rated_quantity", EXACT),
-        ("amount", EXACT),
-        ("aggregate_before", EXACT),
-        ("aggregate_after", EXACT),
-        ("currency", pa.string()),
-        ("invoice_id", pa.string()),
-        ("attributes", pa.string()),
-        ("source_partition", pa.int32()),
-        ("source_offset", pa.int64()),
-        ("period", pa.string()),
-    ]
+from consolidation.files import (
+    EXACT,
+    RATED_SCHEMA,
+    RatedRows,
+    fsync_dir,
+    rated_file_name,
+    temporary_files,
 )
+from consolidation.files import write_parquet_atomically as write_parquet_atomically
+from consolidation.invoice import InvoiceDraft, UsageTotal
+from consolidation.invoice_tables import DRAFT_SCHEMA, LINE_SCHEMA, draft_table, line_table
+
+__all__ = ["RATED_SCHEMA", "BillingStore", "Position", "RatedRows", "write_parquet_atomically"]
+
+TotalKey = tuple[str, str, str, str, str]  # account, period, charge, meter, contract
 
 TOTALS_SCHEMA = pa.schema(
     [
@@ -62,43 +50,6 @@ TOTALS_SCHEMA = pa.schema(
         ("aggregate", EXACT),
         ("amount_exact", EXACT),
         ("event_count", pa.int64()),
-    ]
-)
-
-DRAFT_SCHEMA = pa.schema(
-    [
-        ("invoice_id", pa.string()),
-        ("account_id", pa.string()),
-        ("period", pa.string()),
-        ("period_start", pa.date32()),
-        ("period_end", pa.date32()),
-        ("currency", pa.string()),
-        ("subtotal", MONEY),
-        ("discount", MONEY),
-        ("tax", MONEY),
-        ("total", MONEY),
-        ("status", pa.string()),
-        ("issue_date", pa.date32()),
-        ("due_date", pa.date32()),
-        ("event_count", pa.int64()),
-        ("generated_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-LINE_SCHEMA = pa.schema(
-    [
-        ("invoice_id", pa.string()),
-        ("account_id", pa.string()),
-        ("period", pa.string()),
-        ("line_no", pa.int32()),
-        ("kind", pa.string()),
-        ("charge_id", pa.string()),
-        ("description", pa.string()),
-        ("quantity", EXACT),
-        ("unit", pa.string()),
-        ("unit_price", EXACT),
-        ("amount", MONEY),
-        ("currency", pa.string()),
     ]
 )
 
@@ -119,53 +70,11 @@ CREATE TABLE IF NOT EXISTS closes_done(period VARCHAR, account_id VARCHAR);
 CREATE TABLE IF NOT EXISTS consumer_positions(
     topic VARCHAR, partition INTEGER, next_offset BIGINT, lineage VARCHAR, counts VARCHAR,
     PRIMARY KEY (topic, partition));
+CREATE TABLE IF NOT EXISTS hidden_files(file VARCHAR PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS close_problems(
+    period VARCHAR, account_id VARCHAR, reason VARCHAR, detail VARCHAR, noticed_at TIMESTAMPTZ,
+    PRIMARY KEY (period, account_id));
 """
-
-
-_PERIOD = RATED_FIELDS.index("period")
-
-
-class RatedRows:
-    """The rated records of one batch and partition, as rows of decode_rated_row.
-
-    Rows are turned into columns once per batch (zip, in C); decimal fields stay
-    text until Arrow casts a whole column to DECIMAL(38,18), which is exact (a
-    value that does not fit raises), so the sink builds no Decimal or dict per event.
-    """
-
-    __slots__ = ("periods", "rows", "source_offsets", "source_partitions")
-
-    def __init__(self) -> None:
-        self.rows: list[Sequence[Any]] = []
-        self.source_partitions: list[int] = []
-        self.source_offsets: list[int] = []
-        self.periods: set[str] = set()
-
-    def append(self, row: Sequence[Any], partition: int, offset: int) -> None:
-        """Add one record: `row` holds its values in RATED_FIELDS order."""
-        self.rows.append(row)
-        self.source_partitions.append(partition)
-        self.source_offsets.append(offset)
-        self.periods.add(row[_PERIOD])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def table(self) -> pa.Table:
-        columns: dict[str, Sequence[Any]] = dict.fromkeys(RATED_FIELDS, ())
-        if self.rows:
-            columns.update(zip(RATED_FIELDS, zip(*self.rows, strict=True), strict=True))
-        # As JSON text; Arrow takes orjson's UTF-8 bytes for a string column without a decode.
-        columns["attributes"] = [orjson.dumps(values) for values in columns["attributes"]]
-        columns["source_partition"] = self.source_partitions
-        columns["source_offset"] = self.source_offsets
-        arrays = [
-            pc.cast(pa.array(columns[f.name], pa.string()), f.type)
-            if pa.types.is_decimal(f.type)
-            else pa.array(columns[f.name], f.type)
-            for f in RATED_SCHEMA
-        ]
-        return pa.Table.from_arrays(arrays, schema=RATED_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,17 +90,26 @@ class BillingStore:
     def __init__(self, out_dir: str | Path) -> None:
         self.out = Path(out_dir).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
+        self.rated_dir = self.out / "rated_usage"
+        # DuckDB locks the file for one writing process: no other writer of this folder runs
+        # now, so whatever a killed writer left half done can go.
         self.db = duckdb.connect(str(self.out / "billing.duckdb"))
         self.db.execute(_DDL)
+        for path in temporary_files(self.rated_dir, self.out / "invoices"):
+            path.unlink(missing_ok=True)
+        self._forget_hidden_files()
         self._create_rated_view()
 
     def _create_rated_view(self) -> None:
         # An absolute path, so the view works from any working directory.
-        pattern = (self.out / "rated_usage" / "*" / "*.parquet").as_posix()
-        if any((self.out / "rated_usage").glob("*/*.parquet")):
+        pattern = _sql_text((self.rated_dir / "*" / "*.parquet").as_posix())
+        prefix = _sql_text(self.rated_dir.as_posix() + "/")
+        if any(self.rated_dir.glob("*/*.parquet")):
             self.db.execute(
-                f"CREATE OR REPLACE VIEW rated_usage AS SELECT * FROM read_parquet('{pattern}', "
-                "hive_partitioning = false, union_by_name = true)"
+                f"""CREATE OR REPLACE VIEW rated_usage AS SELECT * EXCLUDE (filename)
+                    FROM read_parquet('{pattern}', hive_partitioning = false, union_by_name = true,
+                                      filename = true)
+                    WHERE filename NOT IN (SELECT '{prefix}' || file FROM hidden_files)"""
             )
         else:
             columns = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in RATED_SCHEMA)
@@ -215,13 +133,48 @@ class BillingStore:
     def discard_uncommitted_files(self, partition: int, next_offset: int) -> None:
         """Remove rated-usage files of batches that were written but never committed, and the
         temporary files of writes a killed process left half done (see write_parquet_atomically)."""
-        folder = self.out / "rated_usage"
-        for path in folder.glob(f"*/part-{partition:03d}-*.parquet"):
+        for path in self.rated_dir.glob(f"*/part-{partition:03d}-*.parquet"):
             first = int(path.stem.split("-")[2])
             if first >= next_offset:
                 path.unlink()
-        for path in folder.glob(f"*/.part-{partition:03d}-*.parquet.tmp-*"):
+        for path in self.rated_dir.glob(f"*/.part-{partition:03d}-*.parquet.tmp-*"):
             path.unlink(missing_ok=True)
+
+    # -- hidden files (compaction) -------------------------------------------
+
+    def hidden_files(self) -> set[Path]:
+        return {self.rated_dir / f for (f,) in self.db.execute("SELECT file FROM hidden_files").fetchall()}
+
+    def swap_hidden(self, show: Collection[Path], hide: Collection[Path]) -> None:
+        """In one DuckDB transaction: make `show` visible in rated_usage and hide `hide`."""
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            if show:
+                db.executemany("DELETE FROM hidden_files WHERE file = ?", [[self._relative(p)] for p in show])
+            if hide:
+                db.executemany(
+                    "INSERT INTO hidden_files VALUES (?) ON CONFLICT DO NOTHING",
+                    [[self._relative(p)] for p in hide],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _forget_hidden_files(self) -> None:
+        """Finish an interrupted compaction: a hidden file is either a compacted file that was
+        never made visible or a source that its compacted file already replaces; both go."""
+        hidden = self.hidden_files()
+        for path in hidden:
+            path.unlink(missing_ok=True)
+        if hidden:
+            for folder in {p.parent for p in hidden if p.parent.exists()}:
+                fsync_dir(folder)
+            self.swap_hidden(hidden, ())
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.rated_dir).as_posix()
 
     # -- one batch -----------------------------------------------------------
 
@@ -231,8 +184,25 @@ class BillingStore:
         periods = table.column("period")
         for period in pc.unique(periods).to_pylist():
             items = table if len(rows.periods) == 1 else table.filter(pc.equal(periods, period))
-            folder = self.out / "rated_usage" / f"period={period}"
-            write_parquet_atomically(items, folder / f"part-{partition:03d}-{first:012d}-{last:012d}.parquet")
+            folder = self.rated_dir / f"period={period}"
+            write_parquet_atomically(items, folder / rated_file_name(partition, first, last))
+
+    def stored_amounts(self, keys: Collection[TotalKey]) -> dict[TotalKey, Decimal]:
+        """The stored amount_exact of these usage totals (keys without a row are left out)."""
+        if not keys:
+            return {}
+        names = ("account_id", "period", "charge_id", "meter", "contract_id")
+        wanted = pa.table({n: pa.array([k[i] for k in keys], pa.string()) for i, n in enumerate(names)})
+        self.db.register("wanted_totals", wanted)
+        try:
+            rows = self.db.execute(
+                """SELECT w.account_id, w.period, w.charge_id, w.meter, w.contract_id, u.amount_exact
+                   FROM wanted_totals w JOIN usage_totals u
+                     USING (account_id, period, charge_id, contract_id)"""
+            ).fetchall()
+        finally:
+            self.db.unregister("wanted_totals")
+        return {(a, p, c, m, k): amount for a, p, c, m, k, amount in rows}
 
     def apply_batch(
         self,
@@ -333,8 +303,9 @@ class BillingStore:
         return [(a, p) for a, p in rows]
 
     def count_drafts(self, status: str) -> int:
-        row = self.db.execute("SELECT count(*) FROM invoice_drafts WHERE status = ?", [status]).fetchone()
-        return int(row[0]) if row else 0
+        # fetchall, not fetchone: a result left unfinished blocks register() on this connection.
+        rows = self.db.execute("SELECT count(*) FROM invoice_drafts WHERE status = ?", [status]).fetchall()
+        return int(rows[0][0]) if rows else 0
 
     def save_run_counts(self, counts: dict[str, int], rejected: Mapping[str, int]) -> None:
         """The run's event counts (`run_counts`) and rejections by reason (`rejected_events`)."""
@@ -345,11 +316,11 @@ class BillingStore:
             self.db.executemany("INSERT INTO rejected_events VALUES (?, ?)", sorted(rejected.items()))
 
     def close_done(self, period: str, account_id: str | None) -> bool:
-        row = self.db.execute(
+        rows = self.db.execute(
             "SELECT count(*) FROM closes_done WHERE period = ? AND account_id IS NOT DISTINCT FROM ?",
             [period, account_id],
-        ).fetchone()
-        return bool(row and row[0])
+        ).fetchall()
+        return bool(rows and rows[0][0])
 
     def mark_close_done(self, period: str, account_id: str | None) -> None:
         self.db.execute("INSERT INTO closes_done VALUES (?, ?)", [period, account_id])
@@ -412,38 +383,44 @@ class BillingStore:
         write_parquet_atomically(_as_table(lines).cast(LINE_SCHEMA), folder / "invoice_lines.parquet")
 
 
+    # -- accounts a close could not finalize ---------------------------------
+
+    def record_close_problems(
+        self, period: str, problems: Sequence[tuple[str, str, str]], noticed_at: Any
+    ) -> None:
+        """Remember (account, reason, detail) of accounts the close of `period` had to leave open."""
+        if problems:
+            self.db.executemany(
+                """INSERT INTO close_problems VALUES (?, ?, ?, ?, ?) ON CONFLICT (period, account_id)
+                   DO UPDATE SET reason = excluded.reason, detail = excluded.detail,
+                     noticed_at = excluded.noticed_at""",
+                [[period, account, reason, detail, noticed_at] for account, reason, detail in problems],
+            )
+
+    def resolve_close_problems(self, period: str) -> None:
+        """Forget the problems of accounts whose draft of `period` is final now."""
+        self.db.execute(
+            """DELETE FROM close_problems WHERE period = ? AND account_id IN
+               (SELECT account_id FROM invoice_drafts WHERE period = ? AND status = 'final')""",
+            [period, period],
+        )
+
+    def close_problems(self, period: str | None = None) -> list[tuple[str, str, str, str]]:
+        """(period, account_id, reason, detail) of accounts with usage that a close could not
+        finalize and that are still not final; all periods unless one is given."""
+        rows = self.db.execute(
+            """SELECT period, account_id, reason, detail FROM close_problems
+               WHERE $period IS NULL OR period = $period ORDER BY period, account_id""",
+            {"period": period},
+        ).fetchall()
+        return [(p, a, r, d) for p, a, r, d in rows]
+
 def _as_table(result: Any) -> pa.Table:
     return result.read_all() if hasattr(result, "read_all") else result
 
 
-def draft_table(drafts: Sequence[InvoiceDraft], generated_at: Any) -> pa.Table:
-    """The drafts as an Arrow table, built column by column (no dict per row)."""
-    columns: dict[str, list[Any]] = {
-        name: [getattr(d, name) for d in drafts] for name in DRAFT_SCHEMA.names if name != "generated_at"
-    }
-    columns["generated_at"] = [generated_at] * len(drafts)
-    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in DRAFT_SCHEMA}, schema=DRAFT_SCHEMA)
-
-
-def line_table(drafts: Sequence[InvoiceDraft]) -> pa.Table:
-    """The lines of the drafts as an Arrow table, in draft and line order."""
-    lines = [(d, line) for d in drafts for line in d.lines]
-    columns: dict[str, list[Any]] = {
-        "invoice_id": [d.invoice_id for d, _ in lines],
-        "account_id": [d.account_id for d, _ in lines],
-        "period": [d.period for d, _ in lines],
-        "currency": [d.currency for d, _ in lines],
-    }
-    for name in ("line_no", "kind", "charge_id", "description", "quantity", "unit", "unit_price", "amount"):
-        columns[name] = [getattr(line, name) for _, line in lines]
-    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in LINE_SCHEMA}, schema=LINE_SCHEMA)
-
-
-def write_parquet_atomically(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def _duck_type(arrow_type: pa.DataType) -> str:

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from consolidation.closing import finalize_period, refresh_previews
-from consolidation.store import BillingStore, Position, RatedRows
+from consolidation.files import RatedRows
+from consolidation.store import BillingStore, Position
 from meterline.catalog_file import load_catalog
 from schemas.codec import RATED_FIELDS
 

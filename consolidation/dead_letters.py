@@ -1,0 +1,86 @@
+"""The consolidator's DLQ producer: a batch's rejected records, each delivered or the batch retried.
+
+Not transactional with DuckDB: a batch's DLQ records are delivered before its offsets
+are committed, so after a crash the DLQ may hold a copy twice (readers tell copies
+apart by the source topic/partition/offset headers), but never misses one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from consolidation.batch import STAGE, Rejection
+from meterline import metrics
+from meterline.dlq import TRUNCATED_HEADER, dead_letter
+from meterline.reasons import INTERNAL_ERROR
+from meterline.topics import RATED
+
+DELIVERY_TIMEOUT_S = 30.0
+# Delivery errors that no retry can fix.
+_FATAL_CODES = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+class Undelivered(Exception):
+    """Some DLQ records of a batch were not delivered: the batch must not be committed."""
+
+    def __init__(self, reason: str, fatal: bool) -> None:
+        super().__init__(reason)
+        self.fatal = fatal
+
+
+class DeadLetterSender:
+    def __init__(self, producer: Producer, max_bytes: int) -> None:
+        self._producer = producer
+        self._max_bytes = max_bytes
+        self._errors: list[KafkaError] = []
+
+    def send(self, rejected: Sequence[Rejection]) -> None:
+        """Produce the DLQ records and wait for every delivery report; raises Undelivered."""
+        if not rejected:
+            return
+        self._errors = []
+        for item in rejected:
+            record = item.record
+            metrics.REJECTED.labels(STAGE, item.reason).inc()
+            if item.reason == INTERNAL_ERROR:
+                metrics.INTERNAL_ERRORS.labels(STAGE).inc()
+            out = dead_letter(
+                record.headers.get("ml.raw", record.value),
+                record.key,
+                item.reason,
+                item.detail,
+                STAGE,
+                RATED,
+                record.partition,
+                record.offset,
+                truncated=record.headers.get(TRUNCATED_HEADER),
+                max_bytes=self._max_bytes,
+            )
+            while True:
+                try:
+                    self._producer.produce(
+                        out.topic, out.value, out.key, headers=out.headers, on_delivery=self._delivered
+                    )
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self._producer.poll(0.05)
+        left = self._producer.flush(DELIVERY_TIMEOUT_S)
+        if self._errors:
+            fatal = any(e.fatal() or e.code() in _FATAL_CODES for e in self._errors)
+            raise Undelivered(f"DLQ delivery failed: {self._errors[0]}", fatal)
+        if left:
+            raise Undelivered(f"{left} records not delivered within {DELIVERY_TIMEOUT_S:.0f}s", False)
+
+    def _delivered(self, error: KafkaError | None, _: Any) -> None:
+        if error is not None:
+            self._errors.append(error)
