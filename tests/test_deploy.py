@@ -341,3 +341,20 @@ def test_tzdata_is_a_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert any(re.match(r"tzdata\b", dep) for dep in project["dependencies"])
     import tzdata  # noqa: F401  (installed with the project)
+
+
+def test_example_config_lists_every_setting() -> None:
+    """deploy/meterline.toml says it holds every setting: keep it true."""
+    from dataclasses import fields
+
+    from meterline.config import Settings, load_settings
+
+    text = (DEPLOY / "meterline.toml").read_text()
+    for setting in fields(Settings):
+        if setting.name == "kafka":
+            assert re.search(r"^#? ?\[kafka\]", text, re.M)
+        elif setting.name == "raw_topics":
+            assert "[[raw_topics]]" in text
+        else:
+            assert re.search(rf"^#? ?{setting.name} = ", text, re.M), setting.name
+    load_settings(DEPLOY / "meterline.toml", env={})  # and it loads
