@@ -358,3 +358,16 @@ def test_example_config_lists_every_setting() -> None:
         else:
             assert re.search(rf"^#? ?{setting.name} = ", text, re.M), setting.name
     load_settings(DEPLOY / "meterline.toml", env={})  # and it loads
+
+
+def test_alert_unit_tests_name_existing_alerts() -> None:
+    alerts = {name for name, _ in _rule_expressions()}
+    tested = {
+        case["alertname"]
+        for test in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+        for case in test.get("alert_rule_test", ())
+    }
+    assert tested <= alerts, tested - alerts
+    for new in ("MeterlineInternalErrors", "MeterlineCloseAccountsSkipped", "MeterlineUnhealthy",
+                "MeterlineRepeatedAborts"):  # fmt: skip
+        assert new in tested
