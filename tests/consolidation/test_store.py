@@ -87,16 +87,28 @@ def test_rated_files_split_by_period_and_uncommitted_ones_are_discarded(store: B
     assert store.db.execute("SELECT count(*) FROM rated_usage").fetchone() == (2,)
 
 
-def test_temporary_files_of_a_killed_writer_are_removed_on_restart(store: BillingStore) -> None:
-    folder = store.out / "rated_usage" / "period=2026-10"
-    folder.mkdir(parents=True)
-    mine = folder / ".part-001-000000000012-000000000020.parquet.tmp-4242"
-    other_partition = folder / ".part-002-000000000012-000000000020.parquet.tmp-4242"
-    mine.write_bytes(b"half a Parquet file")
-    other_partition.write_bytes(b"half a Parquet file")
-    store.discard_uncommitted_files(1, 12)
-    assert not mine.exists()
-    assert other_partition.exists()  # another partition's owner may be writing it right now
+def test_temporary_files_of_a_killed_writer_are_removed_on_restart(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    BillingStore(out).close()
+    rated = out / "rated_usage" / "period=2026-10"
+    invoices = out / "invoices" / "period=2026-09"
+    rated.mkdir(parents=True)
+    invoices.mkdir(parents=True)
+    left = [
+        rated / ".part-001-000000000012-000000000020.parquet.tmp-4242",
+        rated / ".part-002-000000000012-000000000020.parquet.tmp-4242",  # any partition
+        rated / ".part-002-000000000000-000000000999-c1.parquet.tmp-4243",  # a compaction's
+        invoices / ".invoice_drafts.parquet.tmp-4242",  # a close's export
+        invoices / ".invoice_lines.parquet.tmp-77",
+    ]
+    for path in left:
+        path.write_bytes(b"half a Parquet file")
+    kept = invoices / "invoice_drafts.parquet"
+    kept.write_bytes(b"an earlier export")
+    # DuckDB lets one process write the store: whoever opens it is the only writer left.
+    BillingStore(out).close()
+    assert [p for p in left if p.exists()] == []
+    assert kept.exists()
 
 
 def test_apply_batch_accumulates_totals_and_positions(store: BillingStore) -> None:
