@@ -46,6 +46,10 @@ class Settings:
     auto_close: bool = True
     close_grace_s: int = 6 * 3600
     preview_interval_s: float = 5.0
+    # /healthz turns 503 after this long without a turn of the loop (or of a restore or close step)...
+    health_stall_s: float = 120.0
+    # ...or with no broker answering for this long.
+    broker_timeout_s: float = 60.0
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -48,11 +48,19 @@ class Health:
     _broker_down_since: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def configure(self, stall_s: float, broker_timeout_s: float) -> None:
+        with self._lock:
+            self.stall_s = stall_s
+            self.broker_timeout_s = broker_timeout_s
+
     def start(self, stage: str) -> None:
         """The worker restored its state and enters its loop."""
         with self._lock:
             self.stage = stage
             self.started = True
+            self.fatal = None
+            self.aborts = 0
+            self._broker_down_since = None
             self._last_turn = time.monotonic()
         LAST_PROGRESS.labels(stage).set(time.time())
 
@@ -86,6 +94,11 @@ class Health:
     def broker_up(self) -> None:
         with self._lock:
             self._broker_down_since = None
+
+    def broker_reachable(self) -> bool:
+        """False from a report of the broker down until one of it answering."""
+        with self._lock:
+            return self._broker_down_since is None
 
     def fail(self, reason: str) -> None:
         """A fatal error: unhealthy from now on (the worker exits after saying so)."""

@@ -1,19 +1,59 @@
 """librdkafka client settings in one place.
 
-Group-join timings follow DESIGN.md §8 (joins take ~23 s on Tansu under the
-defaults, ~3.6 s with these). User properties from `[kafka]` win over ours.
+Group-join timings are tuned for the embedded broker (joins take ~23 s on Tansu
+under the defaults, ~3.6 s with these). User properties from `[kafka]` win over ours.
+
+Every client gets `logger` (librdkafka's lines become throttled JSON events, see
+meterline.logs) and `error_cb` (:func:`report_error`: throttled JSON events, and an
+unreachable broker is reported to meterline.health), so nothing librdkafka says
+reaches stderr raw. A short-lived command that wants the errors for itself
+replaces `error_cb` (e.g. meterline.publish's quiet clients).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
+
+import structlog
+from confluent_kafka import KafkaError
+
+from meterline.health import HEALTH
+from meterline.logs import LIBRDKAFKA_LOG, Throttle
 
 FAST_GROUP_JOIN = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
 
+# librdkafka errors that mean no broker can be reached (as opposed to one request failing).
+BROKER_DOWN_CODES: Final = frozenset(
+    {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+)
+_ERRORS = Throttle()
+
+
+def report_error(error: KafkaError) -> None:
+    """The `error_cb` of every client: a throttled JSON event; health learns of a broker down."""
+    code = error.code()
+    if code in BROKER_DOWN_CODES:
+        HEALTH.broker_down()
+    repeats = _ERRORS.admit(str(code))
+    if repeats is None and not error.fatal():
+        return
+    event: dict[str, Any] = {"code": error.name(), "error": error.str(), "fatal": error.fatal()}
+    if repeats:
+        event["repeats_suppressed"] = repeats
+    if error.fatal():
+        structlog.get_logger().error("kafka_client_error", **event)
+    else:
+        structlog.get_logger().warning("kafka_client_error", **event)
+
 
 def client_config(bootstrap_servers: str, user: Mapping[str, str], **ours: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "log_level": 3}
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "log_level": 3,
+        "logger": LIBRDKAFKA_LOG,
+        "error_cb": report_error,
+    }
     config.update({k: v for k, v in ours.items()})
     config.update(user)
     return config

@@ -1,5 +1,6 @@
 """A consumed Kafka record and a record to produce, as plain values: what the runtime
-hands a stage's `process()` and what `process()` hands back (see meterline.runtime).
+hands a stage's `process()` and what `process()` hands back (see meterline.runtime),
+and the stage's side of that contract (Processor, BatchResult).
 
 Plain classes that mypyc compiles (setup.py): one of each is built per record, and a
 compiled constructor costs a fraction of a NamedTuple's, which is interpreted.
@@ -7,7 +8,13 @@ compiled constructor costs a fraction of a NamedTuple's, which is interpreted.
 
 from __future__ import annotations
 
-from typing import Final
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Protocol
+
+TP = tuple[str, int]
 
 
 class InputRecord:
@@ -46,3 +53,28 @@ class OutputRecord:
         self.key: Final = key
         self.partition: Final = partition
         self.headers: Final = headers
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outputs: list[OutputRecord] = field(default_factory=list)
+    # State updates per input partition: (key, value); value None deletes.
+    changelog: dict[TP, list[tuple[bytes, bytes | None]]] = field(default_factory=dict)
+    # Outcome counts per input partition (events_in, rejected.<reason>, ...).
+    counts: dict[TP, Counter[str]] = field(default_factory=dict)
+    # Event time of the newest event in the batch, for the event-time lag metric.
+    newest_event_time: datetime | None = None
+
+
+class Processor(Protocol):
+    """A stage: a transform with per-partition state, plugged into the runtime."""
+
+    stage: str
+
+    def restore(self, tp: TP, entries: Iterator[tuple[bytes, bytes | None]]) -> None: ...
+
+    def release(self, tp: TP) -> None: ...
+
+    def process(self, records: Sequence[InputRecord]) -> BatchResult: ...
+
+    def idle(self) -> None: ...

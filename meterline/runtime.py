@@ -1,20 +1,31 @@
 """The exactly-once consume-transform-produce loop shared by every Kafka stage.
 
-One obvious place for the Kafka loop (DESIGN.md §9):
+One loop, one commit path, in numbered steps:
 
     1. consume a batch (read_committed)
     2. drop replayed upstream records (lineage guard, see meterline.lineage)
     3. transform it: the stage's pure `process()`
     4. in one transaction: outputs + DLQ records, changelog (state) records,
-       per-partition progress (stats), consumer offsets
-    5. commit; on an abortable error abort, restore state, rewind, replay
+       per-partition progress (stats), consumer offsets; commit
+    5. on failure: abort, restore state, rewind, then replay the batch, split it, or
+       dead-letter its one record (below)
+
+Kafka errors follow librdkafka's classes (meterline.kafka_errors): retriable calls
+are retried with backoff; an abortable failure aborts and replays the batch, at
+most MAX_CONSECUTIVE_ABORTS times while the broker answers. Then the batch is
+isolated: replayed in halves, down to one record per transaction, and a record
+that still cannot be committed (an output too large, say) goes to the DLQ as
+`internal_error` with the error as detail. If even that DLQ copy cannot be
+committed the worker stops. A transform that raises is isolated the same way at
+once. Fatal errors stop the worker: /healthz says why, one log line says why,
+the worker exits non-zero (meterline.workers). A fenced producer is replaced once
+in a worker's life (a transaction that outlived `transaction.timeout.ms` in a
+broker stall); fenced again, the worker stops: another process runs with its
+instance id, and ping-ponging fences with it would never end.
 
 State lives in memory per assigned partition and is made durable in a compacted
-changelog topic (partition = input partition). On assignment it is restored from
-the changelog before any record of the partition is processed. Changelog records
-carry the input offset their batch ended at; on restore, records of batches at or
-past the committed offset are ignored, because they belong to aborted
-transactions (which the embedded broker does not filter out).
+changelog topic (partition = input partition), restored on assignment before any
+record of the partition is processed (meterline.restore).
 """
 
 from __future__ import annotations
@@ -23,68 +34,38 @@ import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Protocol
+from typing import Final
 
-import orjson
 import structlog
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from meterline import metrics
 from meterline.config import Settings
+from meterline.dlq import TRUNCATED_HEADER, dead_letter, max_bytes_of
 from meterline.health import HEALTH
-from meterline.kafka_config import consumer_config, transactional_producer_config
-from meterline.lineage import LINEAGE_HEADER, LineageGuard
-from meterline.messages import InputRecord, OutputRecord
-from meterline.topics import STATS, changelog_topic
+from meterline.isolation import DEAD_LETTER, REPLAY, Isolation
+from meterline.kafka_config import consumer_config
+from meterline.kafka_errors import FatalKafkaError, consumer_failure, describe, error_of
+from meterline.lineage import LINEAGE_HEADER
+
+# TP and BatchResult: stages import them from here.
+from meterline.messages import TP as TP
+from meterline.messages import BatchResult as BatchResult
+from meterline.messages import InputRecord, Processor
+from meterline.offsets import check_positions
+from meterline.reasons import INTERNAL_ERROR
+from meterline.restore import THROUGH_HEADER, Partitions
+from meterline.topics import changelog_topic
+from meterline.transaction import Failure, Transactions
 
 log = structlog.get_logger()
 
-TP = tuple[str, int]
-META_KEY = b"\x00meta"
-THROUGH_HEADER = "ml.through"
-
-
-@dataclass(slots=True)
-class BatchResult:
-    outputs: list[OutputRecord] = field(default_factory=list)
-    # State updates per input partition: (key, value); value None deletes.
-    changelog: dict[TP, list[tuple[bytes, bytes | None]]] = field(default_factory=dict)
-    # Outcome counts per input partition (events_in, rejected.<reason>, ...).
-    counts: dict[TP, Counter[str]] = field(default_factory=dict)
-    # Event time of the newest event in the batch, for the event-time lag metric.
-    newest_event_time: datetime | None = None
-
-
-class Processor(Protocol):
-    """A stage: a transform with per-partition state, plugged into the runtime."""
-
-    stage: str
-
-    def restore(self, tp: TP, entries: Iterator[tuple[bytes, bytes | None]]) -> None: ...
-
-    def release(self, tp: TP) -> None: ...
-
-    def process(self, records: Sequence[InputRecord]) -> BatchResult: ...
-
-    def idle(self) -> None: ...
-
-
-@dataclass(slots=True)
-class _PartitionMeta:
-    guard: LineageGuard = field(default_factory=LineageGuard)
-    counts: Counter[str] = field(default_factory=Counter)
+# An idle loop asks the broker for metadata at most this often: an answer is progress.
+PROBE_INTERVAL_S: Final = 1.0
+PROBE_TIMEOUT_S: Final = 5.0
 
 
 class StageRunner:
@@ -96,21 +77,28 @@ class StageRunner:
         settings: Settings,
         input_topics: Sequence[str],
         after_restore: Callable[[], None] = lambda: None,
+        entry_topics: Sequence[str] = (),
     ) -> None:
         self.processor = processor
-        # Called once restored state is in place (workers settle the heap: meterline.heap).
-        self._after_restore = after_restore
         self.stage = processor.stage
         self.settings = settings
         self.input_topics = list(input_topics)
-        self._meta: dict[TP, _PartitionMeta] = {}
+        # Inputs whose records count as `events_in` (the raw topics): a dead-lettered one too.
+        self._entry_topics = frozenset(entry_topics)
+        # after_restore: called once restored state is in place (workers settle the heap: meterline.heap).
+        self._partitions = Partitions(
+            settings, self.stage, processor.restore, processor.release, after_restore
+        )
+        self._meta = self._partitions.meta  # the same dict, for the per-record loop
         self._stopping = False
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._txn: Transactions | None = None
         self._log = log.bind(stage=self.stage)
         # Where the loop's time went (logged at stop): waiting in consume, the transform, the commit.
         self._spent: dict[str, float] = {"consume": 0.0, "transform": 0.0, "produce_commit": 0.0}
         self._batches = 0
+        self._isolation = Isolation(settings.batch_size)
+        self._last_contact = 0.0  # monotonic time of the broker's last answer
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -125,25 +113,44 @@ class StageRunner:
         signal.signal(signal.SIGINT, handler)
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """The loop; raises FatalKafkaError (after /healthz says why) when the stage cannot go on."""
         s = self.settings
-        self._producer = self._new_producer()
-        self._consumer = Consumer(consumer_config(s.bootstrap_servers, s.kafka, f"meterline-{self.stage}"))
-        self._consumer.subscribe(
-            self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        HEALTH.configure(s.health_stall_s, s.broker_timeout_s)
+        self._consumer = Consumer(
+            consumer_config(
+                s.bootstrap_servers,
+                s.kafka,
+                f"meterline-{self.stage}",
+                # A stored position the broker does not have is an error, never a silent reset.
+                **{"auto.offset.reset": "error"},
+            )
         )
-        HEALTH.start(self.stage)
-        metrics.READY.labels(self.stage).set(1)
-        self._log.info("stage_started", inputs=self.input_topics, instance=s.instance_id)
         try:
+            self._txn = Transactions(s, self.stage, lambda: self._stopping)
+            self._consumer.subscribe(
+                self.input_topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            HEALTH.start(self.stage)
+            metrics.READY.labels(self.stage).set(1)
+            self._log.info("stage_started", inputs=self.input_topics, instance=s.instance_id)
             while not self._stopping and not should_stop():
                 HEALTH.beat()
                 self.processor.idle()
                 waited = time.perf_counter()
-                messages = self._consumer.consume(s.batch_size, s.batch_timeout_s)
+                messages = self._consumer.consume(self._isolation.limit, s.batch_timeout_s)
                 self._spent["consume"] += time.perf_counter() - waited
                 records = self._records(messages)
                 if records:
                     self._run_batch(records)
+                elif self._isolation.failures == 0:  # not while a replay is pending: no progress
+                    self._idle_turn()
+        except KafkaException as exc:  # from a client call outside the commit path (a restore, say)
+            raise self._failed(FatalKafkaError(f"Kafka: {describe(error_of(exc))}")) from None
+        except FatalKafkaError as exc:
+            raise self._failed(exc) from None
         finally:
             self._log.info(
                 "stage_stopping",
@@ -151,24 +158,24 @@ class StageRunner:
                 **{f"{k}_s": round(v, 2) for k, v in self._spent.items()},
             )
             self._consumer.close()
-            self._producer.flush(10)
+            if self._txn is not None:
+                self._txn.flush(10)
 
-    def _new_producer(self) -> Producer:
-        s = self.settings
-        transactional_id = f"meterline-{self.stage}-{s.instance_id}"
-        producer = Producer(transactional_producer_config(s.bootstrap_servers, s.kafka, transactional_id))
-        # Fences any earlier incarnation with the same id and aborts its open transaction.
-        producer.init_transactions(60)
-        return producer
+    def _failed(self, exc: FatalKafkaError) -> FatalKafkaError:
+        HEALTH.fail(exc.reason)
+        metrics.READY.labels(self.stage).set(0)
+        self._log.error("stage_failed", reason=exc.reason)
+        return exc
 
     def _records(self, messages: list[Message]) -> list[InputRecord]:
         records = []
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.fatal():
-                    raise KafkaException(error)
-                self._log.warning("consume_error", error=str(error))
+                fatal = consumer_failure(error, message.topic(), message.partition())
+                if fatal is not None:
+                    raise fatal
+                self._log.warning("consume_error", error=describe(error))
                 continue
             raw_headers = message.headers()
             records.append(
@@ -183,10 +190,27 @@ class StageRunner:
             )
         return records
 
+    def _idle_turn(self) -> None:
+        """Nothing to consume: progress, once the broker has answered (asked at most every second)."""
+        assert self._consumer is not None
+        if time.monotonic() - self._last_contact >= PROBE_INTERVAL_S:
+            try:
+                self._consumer.list_topics(self.input_topics[0], timeout=PROBE_TIMEOUT_S)
+            except KafkaException:
+                HEALTH.broker_down()
+                return
+            self._contact()
+        HEALTH.progress()
+
+    def _contact(self) -> None:
+        self._last_contact = time.monotonic()
+        HEALTH.broker_up()
+
     # -- one batch -------------------------------------------------------------
 
     def _run_batch(self, records: list[InputRecord]) -> None:
         started = time.perf_counter()
+        self._contact()  # a fetch answered
         next_offsets: dict[TP, int] = {}
         fresh: list[InputRecord] = []
         skipped = 0
@@ -203,14 +227,26 @@ class StageRunner:
         if skipped:
             metrics.REPLAYS_SKIPPED.labels(self.stage).inc(skipped)
         transformed = time.perf_counter()
-        result = self.processor.process(fresh)
+        try:
+            result = self.processor.process(fresh)
+        except Exception as exc:  # a stage bug: find its record, as one that cannot commit
+            detail = f"{type(exc).__name__}: {exc}"
+            self._log.error("transform_failed", error=detail, exc_info=True)
+            self._after_failure(records, next_offsets, (detail, False), split=True)
+            return
         self._spent["transform"] += time.perf_counter() - transformed
         self._batches += 1
         for tp, counts in result.counts.items():
             self._meta[tp].counts.update(counts)
         committing = time.perf_counter()
-        self._commit(records, result, next_offsets)
+        failure = self._commit(result, next_offsets)
         self._spent["produce_commit"] += time.perf_counter() - committing
+        if failure is not None:
+            self._after_failure(records, next_offsets, failure, split=False)
+            return
+        self._committed(next_offsets)
+        for topic, count in Counter(out.topic for out in result.outputs).items():
+            metrics.PRODUCED.labels(self.stage, topic).inc(count)
         metrics.BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
         per_topic = Counter(r.topic for r in records)
         for topic, count in per_topic.items():
@@ -228,11 +264,15 @@ class StageRunner:
             if high >= 0:
                 metrics.CONSUMER_LAG.labels(self.stage, topic, str(partition)).set(max(high - position, 0))
 
-    def _commit(self, records: list[InputRecord], result: BatchResult, next_offsets: dict[TP, int]) -> None:
-        assert self._producer is not None and self._consumer is not None
-        producer = self._producer
+    def _commit(self, result: BatchResult, next_offsets: dict[TP, int]) -> Failure | None:
+        """One transaction for one batch: None once committed, else why it was aborted."""
+        assert self._txn is not None and self._consumer is not None
+        txn = self._txn
+        producer = txn.producer
         try:
+            # 1. begin
             producer.begin_transaction()
+            # 2. outputs and DLQ records
             produce = producer.produce
             for out in result.outputs:
                 # _produce inlined for the common case (a Python call per record is measurable);
@@ -241,177 +281,139 @@ class StageRunner:
                     produce(out.topic, out.value, out.key, -1 if out.partition is None else out.partition,
                             headers=out.headers)  # fmt: skip
                 except BufferError:
-                    self._produce(out.topic, out.value, out.key, out.partition, out.headers)
+                    txn.produce(out.topic, out.value, out.key, out.partition, out.headers)
+            # 3. state changes, into the changelog partition of their input partition
             for tp, entries in result.changelog.items():
                 topic = changelog_topic(tp[0], self.stage)
                 through = [(THROUGH_HEADER, str(next_offsets[tp] - 1).encode())]
                 for key, value in entries:
-                    self._produce(topic, value, key, tp[1], through)
+                    txn.produce(topic, value, key, tp[1], through)
+            # 4. per-partition progress: lineage and counts (changelog), counts (stats topic)
             for tp, offset in next_offsets.items():
                 self._write_meta(tp, offset - 1)
+            # 5. the consumed offsets, in the same transaction
             offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items() if (t, p) in self._meta]
-            producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+            txn.send_offsets(offsets, self._consumer.consumer_group_metadata())
+            # 6. commit
             committed = time.perf_counter()
-            self._commit_with_retry()
+            txn.commit()
             metrics.COMMIT_SECONDS.labels(self.stage).observe(time.perf_counter() - committed)
         except KafkaException as exc:
-            self._recover(exc.args[0] if exc.args else None)
-            return
-        for topic, count in Counter(out.topic for out in result.outputs).items():
-            metrics.PRODUCED.labels(self.stage, topic).inc(count)
+            # 7. abort (or replace a fenced producer); the caller restores and rewinds
+            return txn.abort(error_of(exc))
+        return None
 
-    def _commit_with_retry(self) -> None:
-        assert self._producer is not None
-        for attempt in range(10):
-            try:
-                self._producer.commit_transaction(30)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if not error.retriable() or attempt == 9:
-                    raise
-                self._log.warning("commit_retry", error=str(error), attempt=attempt)
-                time.sleep(0.2 * (attempt + 1))
-
-    def _produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None,
-        partition: int | None,
-        headers: list[tuple[str, bytes]] | None,
+    def _after_failure(
+        self, records: list[InputRecord], next_offsets: dict[TP, int], failure: Failure, split: bool
     ) -> None:
-        assert self._producer is not None
-        target = -1 if partition is None else partition  # -1: let the partitioner choose
-        while True:
-            try:
-                self._producer.produce(topic, value, key, target, headers=headers)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: let deliveries drain
+        """After an aborted batch: restore state and rewind, then replay it, split it, or
+        dead-letter its one record (meterline.isolation decides)."""
+        detail, broker_unreachable = failure
+        aborts = HEALTH.aborted()
+        if broker_unreachable:
+            HEALTH.broker_down()
+        self._reload(list(self._meta))
+        reachable = not broker_unreachable and HEALTH.broker_reachable()
+        action = self._isolation.failed(len(records), next_offsets, split, reachable)
+        if action == REPLAY:
+            time.sleep(self._isolation.backoff_s())
+        elif action == DEAD_LETTER:
+            self._dead_letter(records[0], detail)
+        else:
+            self._log.error("batch_split", records=len(records), aborts=aborts, error=detail)
+
+    def _dead_letter(self, record: InputRecord, detail: str) -> None:
+        """Isolation's last step: the one record no transaction could commit goes to the DLQ as
+        internal_error, with its offset, in a transaction of its own. If even that fails: fatal."""
+        assert self._txn is not None and self._consumer is not None
+        tp = (record.topic, record.partition)
+        meta = self._meta.get(tp)
+        if meta is None:  # revoked meanwhile: its new owner meets the record
+            return
+        meta.guard.admit(record.headers.get(LINEAGE_HEADER))
+        meta.counts[f"rejected.{INTERNAL_ERROR}"] += 1
+        if record.topic in self._entry_topics:
+            meta.counts["events_in"] += 1
+        letter = dead_letter(
+            record.value, record.key, INTERNAL_ERROR, detail, self.stage, record.topic, record.partition,
+            record.offset, truncated=record.headers.get(TRUNCATED_HEADER),
+            max_bytes=max_bytes_of(self.settings.kafka),
+        )  # fmt: skip
+        txn = self._txn
+        try:
+            txn.producer.begin_transaction()
+            txn.produce(letter.topic, letter.value, letter.key, letter.partition, letter.headers)
+            self._write_meta(tp, record.offset)
+            offset = [TopicPartition(record.topic, record.partition, record.offset + 1)]
+            txn.send_offsets(offset, self._consumer.consumer_group_metadata())
+            txn.commit()
+        except KafkaException as exc:
+            raise FatalKafkaError(
+                f"cannot commit even the DLQ copy of {record.topic}[{record.partition}] offset "
+                f"{record.offset} ({describe(error_of(exc))}) after: {detail}"
+            ) from None
+        metrics.REJECTED.labels(self.stage, INTERNAL_ERROR).inc()
+        metrics.INTERNAL_ERRORS.labels(self.stage).inc()
+        self._log.error(
+            "record_dead_lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=INTERNAL_ERROR,
+            error=detail,
+        )
+        self._consumer.seek(TopicPartition(record.topic, record.partition, record.offset + 1))
+        self._isolation.dead_lettered()
+        self._committed({})
+
+    def _committed(self, next_offsets: dict[TP, int]) -> None:
+        HEALTH.progress()
+        self._contact()
+        if self._isolation.committed(next_offsets, self._meta):
+            self._log.info("batch_isolation_done")
 
     def _write_meta(self, tp: TP, through: int) -> None:
-        meta = self._meta.get(tp)
-        if meta is None:
-            return
-        header = [(THROUGH_HEADER, str(through).encode())]
-        state = {"lineage": meta.guard.applied, "counts": dict(meta.counts)}
-        self._produce(changelog_topic(tp[0], self.stage), orjson.dumps(state), META_KEY, tp[1], header)
-        progress = {
-            "stage": self.stage,
-            "topic": tp[0],
-            "partition": tp[1],
-            "through": through,
-            "counts": dict(meta.counts),
-        }
-        self._produce(STATS, orjson.dumps(progress), f"{self.stage}/{tp[0]}/{tp[1]}".encode(), 0, None)
-
-    def _recover(self, error: KafkaError | None) -> None:
-        """Abort (or replace a fenced producer), then restore state and rewind to committed offsets."""
-        assert self._producer is not None
-        fatal = error is not None and error.fatal()
-        self._log.warning("transaction_failed", error=str(error), fatal=fatal)
-        metrics.ABORTS.labels(self.stage, "fatal" if fatal else "abortable").inc()
-        if fatal:
-            self._producer = self._new_producer()
-        else:
-            try:
-                self._producer.abort_transaction(30)
-            except KafkaException as exc:
-                self._log.warning("abort_failed", error=str(exc))
-                self._producer = self._new_producer()
-        self._reload(list(self._meta))
+        assert self._txn is not None
+        for topic, value, key, partition, headers in self._partitions.meta_records(tp, through):
+            self._txn.produce(topic, value, key, partition, headers)
 
     def _reload(self, tps: list[TP]) -> None:
+        """Restore the partitions' state and rewind them to their committed offsets."""
         assert self._consumer is not None
-        positions = self._restore(tps)
-        for tp, offset in positions.items():
-            self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
+        committed = self._committed_offsets(tps)
+        self._partitions.restore(committed)
+        for (topic, partition), offset in committed.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING))
 
     # -- rebalancing and restore -----------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self._log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in tps])
-        self._restore(tps)
+        committed = self._committed_offsets(tps)
+        s = self.settings
+        check_positions(s.bootstrap_servers, s.kafka, committed)  # raises OffsetsPastEndError
+        self._partitions.restore(committed)
+        consumer.assign(
+            [TopicPartition(t, p, o if o >= 0 else OFFSET_BEGINNING) for (t, p), o in committed.items()]
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Transactions never outlive a batch and consume() is only called between
         # batches, so nothing is in flight here: drop the partitions' state.
         for p in partitions:
             tp = (p.topic, p.partition)
-            self.processor.release(tp)
-            self._meta.pop(tp, None)
+            self._partitions.release(tp)
             # Stop reporting lag for partitions this worker no longer owns.
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(self.stage, p.topic, str(p.partition))
         self._log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
-    def _restore(self, tps: list[TP]) -> dict[TP, int]:
-        """Rebuild the state of partitions from their changelogs; return where to resume.
-
-        One reader per changelog topic reads all the partitions to their end;
-        entries reach the processor in chunks (restore is additive), so millions
-        of keys never sit in one list.
-        """
+    def _committed_offsets(self, tps: list[TP]) -> dict[TP, int]:
         assert self._consumer is not None
-        started = time.perf_counter()
-        committed = {
-            (c.topic, c.partition): c.offset
-            for c in self._consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=30)
-        }
-        for tp in tps:
-            self.processor.release(tp)
-            self._meta[tp] = _PartitionMeta()
-        by_topic: dict[str, list[TP]] = {}
-        for tp in tps:
-            by_topic.setdefault(tp[0], []).append(tp)
-        for topic, members in by_topic.items():
-            self._read_changelog(topic, members, committed)
-        metrics.RESTORE_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
-        self._log.info("state_restored", partitions=len(tps), seconds=round(time.perf_counter() - started, 3))
-        self._after_restore()
-        return {tp: (offset if offset >= 0 else OFFSET_BEGINNING) for tp, offset in committed.items()}
+        found = self._consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=30)
+        return {(c.topic, c.partition): c.offset for c in found}
 
-    def _read_changelog(self, input_topic: str, tps: list[TP], committed: dict[TP, int]) -> None:
-        s = self.settings
-        topic = changelog_topic(input_topic, self.stage)
-        reader = Consumer(
-            consumer_config(
-                s.bootstrap_servers,
-                s.kafka,
-                f"meterline-{self.stage}-restore",
-                **{"enable.partition.eof": True},
-            )
-        )
-        pending = {tp[1] for tp in tps}
-        try:
-            reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
-            while pending:
-                chunk: dict[int, list[tuple[bytes, bytes | None]]] = {}
-                for message in reader.consume(50000, 0.1):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(message.partition())
-                            continue
-                        raise KafkaException(error)
-                    partition = message.partition()
-                    headers = message.headers()
-                    through = int(dict(headers)[THROUGH_HEADER]) if headers else -1
-                    # Only batches that ended below the committed offset were committed.
-                    if through < 0 or through >= committed[(input_topic, partition)]:
-                        continue
-                    key = message.key()
-                    if key == META_KEY:
-                        state = orjson.loads(message.value())
-                        self._meta[(input_topic, partition)] = _PartitionMeta(
-                            LineageGuard(state["lineage"]), Counter(state["counts"])
-                        )
-                    else:
-                        chunk.setdefault(partition, []).append((key, message.value()))
-                for partition, entries in chunk.items():
-                    self.processor.restore((input_topic, partition), iter(entries))
-                HEALTH.beat()
-        finally:
-            reader.close()
+    def _restore(self, tps: list[TP]) -> None:
+        """Rebuild the state of partitions as of their committed offsets (benchmarks call it)."""
+        self._partitions.restore(self._committed_offsets(tps))

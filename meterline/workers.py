@@ -1,4 +1,9 @@
-"""Long-running stage workers: wire a stage's transform to the shared runtime."""
+"""Long-running stage workers: wire a stage's transform to the shared runtime.
+
+A fatal error (meterline.kafka_errors.FatalKafkaError: fenced twice, authorization,
+unknown topic, stored offsets past a topic's end) ends the worker with exit code 1
+after /healthz and one JSON log line (`worker_fatal`) say why; no traceback.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ from consolidation.stage import Consolidator
 from consolidation.store import BillingStore
 from mediation.stage import MediationProcessor
 from meterline.config import Settings
+from meterline.health import HEALTH
 from meterline.heap import settle_heap
 from meterline.kafka_config import client_config
+from meterline.kafka_errors import FatalKafkaError
 from meterline.logs import configure_logging, redact_config
 from meterline.metrics import serve_metrics
 from meterline.publish import create_topics
@@ -38,7 +45,18 @@ def _tables(settings: Settings, stage: str) -> tuple[ContractsTable, PeriodsTabl
 
 
 def run_worker(stage: str, settings: Settings) -> None:
+    """Run a stage until stopped; SystemExit(1) after a fatal error."""
     configure_logging(settings.log_level, stage)
+    HEALTH.configure(settings.health_stall_s, settings.broker_timeout_s)
+    try:
+        _run(stage, settings)
+    except FatalKafkaError as exc:
+        HEALTH.fail(exc.reason)
+        structlog.get_logger().error("worker_fatal", stage=stage, reason=exc.reason, exit_code=1)
+        raise SystemExit(1) from None
+
+
+def _run(stage: str, settings: Settings) -> None:
     log = structlog.get_logger()
     log.info("worker_config", kafka=redact_config(dict(settings.kafka)), bootstrap=settings.bootstrap_servers)
     serve_metrics(settings.metrics_port)
@@ -69,7 +87,13 @@ def run_worker(stage: str, settings: Settings) -> None:
         inputs = [t.name for t in settings.raw_topics]
         if any(not t.keyed_by_account for t in settings.raw_topics):
             inputs.append(REPARTITION)
-        runner = StageRunner(processor, settings, inputs, after_restore=settle_heap)
+        runner = StageRunner(
+            processor,
+            settings,
+            inputs,
+            after_restore=settle_heap,
+            entry_topics=[t.name for t in settings.raw_topics],
+        )
     else:
         runner = StageRunner(
             RatingProcessor(contracts, periods), settings, [MEDIATED], after_restore=settle_heap
