@@ -8,25 +8,43 @@
   the final invoices equal those of the uninterrupted run and every rated event
   is stored exactly once.
 * Live previews: `open` drafts refreshed within the preview interval.
+* Rated records that cannot be stored (decimals past DECIMAL(38,18), not Avro) go to
+  the DLQ while the rest is stored; stored offsets past the end of a recreated topic
+  stop the stage with a clear error and a failed /healthz, never a silent skip.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from confluent_kafka import Producer
 
 from consolidation.closing import accounts_active_in
+from consolidation.stage import Consolidator, FatalStageError
+from consolidation.store import BillingStore
+from meterline import metrics
 from meterline.broker import EmbeddedBroker
 from meterline.catalog_file import load_catalog
-from meterline.publish import InputFile, produce_inputs, publish_close
-from tests.integration.harness import LivePipeline, meterline_run, table, write_dataset
+from meterline.config import Settings
+from meterline.health import HEALTH
+from meterline.progress import Totals
+from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
+from meterline.records import RatedUsage, UsageEvent, invoice_id_for
+from meterline.tables import CompactedTable, ContractsTable, PeriodsTable
+from meterline.topics import CONTRACTS, PERIODS, RATED, REJECTED
+from schemas.codec import encode_rated
+from tests.integration.harness import LivePipeline, meterline_run, read_topic, table, write_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +171,10 @@ def test_reconciliation_holds(reference: tuple[Path, dict[str, int]]) -> None:
 # -- 2. crash recovery -------------------------------------------------------------
 
 
+def _stored_at_least(count: float) -> Callable[[Totals], bool]:
+    return lambda totals: totals.stored >= count
+
+
 def test_consolidator_killed_three_times_gives_the_same_invoices(
     dataset: tuple[Path, Path],
     reference: tuple[Path, dict[str, int]],
@@ -174,7 +196,7 @@ def test_consolidator_killed_three_times_gives_the_same_invoices(
         pipeline.start("consolidation")
         rated = summary["rated"]
         for fraction in (0.2, 0.5):
-            before = pipeline.wait_until(lambda t, f=fraction: t.stored >= rated * f)
+            before = pipeline.wait_until(_stored_at_least(rated * fraction))
             pipeline.kill("consolidation")
             kills.append(before.stored)
             pipeline.start("consolidation")
@@ -284,3 +306,187 @@ def test_open_drafts_are_refreshed_within_the_preview_interval(
     with_usage = {a: (n, total) for a, (_, n, total) in late.items() if n}
     assert with_usage == {a: v for a, v in final.items() if a in with_usage}
     assert sum(n for n, _ in with_usage.values()) == sum(n for n, _ in final.values())
+
+
+# -- 4. hostile rated records, stored offsets past a recreated topic ---------------
+
+FLAT_CATALOG = Path(__file__).parent.parent / "data" / "flat" / "catalog.yaml"
+HUGE = "60000000000000000000"  # 6 * 10^19: two of them on one sum meter reach 1.2 * 10^20
+
+
+def _rated(event_id: str, quantity: str, before: str, after: str, amount: str) -> bytes:
+    """A rated record of flat.yaml's alpha, as rating encodes it."""
+    event = UsageEvent(
+        event_id, "alpha", "api_calls", Decimal(quantity), datetime(2026, 9, 10, tzinfo=UTC), {}, None,
+        "json", "alpha-1", "basic-eur", "EUR", "2026-09",
+    )  # fmt: skip
+    rated = RatedUsage(
+        event, "eur-api", "flat", Decimal(quantity), Decimal(amount), Decimal(before), Decimal(after),
+        invoice_id_for("alpha", "2026-09"),
+    )  # fmt: skip
+    return encode_rated(rated)
+
+
+class InProcessConsolidator:
+    """The consolidation stage run on a thread of the test, until stopped or failed."""
+
+    def __init__(self, settings: Settings, out: Path, name: str) -> None:
+        bootstrap = settings.bootstrap_servers
+        self.contracts = ContractsTable(CompactedTable(CONTRACTS, bootstrap, {}, f"c-{name}"))
+        self.periods = PeriodsTable(CompactedTable(PERIODS, bootstrap, {}, f"p-{name}"))
+        self.contracts.load()
+        self.periods.load()
+        self.store = BillingStore(out)
+        self.stage = Consolidator(settings, self.contracts, self.periods, self.store)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.stage.run(self._stop.is_set)
+        except BaseException as exc:
+            self.error = exc
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        self.store.close()
+
+
+@pytest.fixture
+def health() -> Iterator[None]:
+    saved = (HEALTH.stage, HEALTH.started, HEALTH.fatal, HEALTH.stall_s)
+    HEALTH.fatal = None
+    yield
+    HEALTH.stage, HEALTH.started, HEALTH.fatal, HEALTH.stall_s = saved
+
+
+def _consumed() -> float:
+    return float(metrics.CONSUMED.labels("consolidation", RATED)._value.get())
+
+
+def _produce_rated(bootstrap: str, records: list[tuple[int, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for partition, value in records:
+        producer.produce(RATED, value, b"alpha", partition)
+    assert producer.flush(10) == 0
+
+
+def _settings(broker: EmbeddedBroker, out: Path) -> Settings:
+    return Settings(
+        bootstrap_servers=broker.bootstrap_servers, partitions=2, out_dir=str(out), auto_close=False,
+        instance_id="in-process",
+    )  # fmt: skip
+
+
+def _until(condition: Callable[[], bool], worker: InProcessConsolidator, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert worker.error is None, f"consolidation failed: {worker.error!r}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_rated_records_that_do_not_fit_the_store_go_to_the_dlq_and_the_rest_is_stored(
+    fresh_broker: EmbeddedBroker, tmp_path: Path, health: None
+) -> None:
+    settings = _settings(fresh_broker, tmp_path / "out")
+    create_topics(settings)
+    publish_catalog(settings, FLAT_CATALOG)
+    records = [
+        (0, _rated("e1", "1", "0", "1", "0.002")),
+        (0, _rated("huge-1", HUGE, "1", "60000000000000000001", "120000000000000000")),
+        (0, _rated("huge-2", HUGE, "60000000000000000001", "120000000000000000001", "120000000000000000")),
+        (0, _rated("e2", "2", "60000000000000000001", "60000000000000000003", "0.004")),
+        (1, b"\x00\x00\x00\x00\x02not Avro"),
+    ]
+    before = _consumed()
+    worker = InProcessConsolidator(settings, tmp_path / "out", "fit")
+    worker.start()
+    answers: list[tuple[bool, str]] = []
+    try:
+        _until(lambda: HEALTH.started, worker)
+        _produce_rated(fresh_broker.bootstrap_servers, records)
+
+        def consumed_all() -> bool:
+            answers.append(HEALTH.status())
+            return _consumed() - before >= len(records)
+
+        _until(consumed_all, worker)
+        assert worker.running()
+    finally:
+        worker.stop()
+    assert worker.error is None
+    assert [a for a in answers if not a[0]] == []
+    letters = {}
+    for message in read_topic(fresh_broker.bootstrap_servers, REJECTED):
+        headers = {k: v.decode() for k, v in message.headers()}
+        where = (int(headers["meterline.source.partition"]), int(headers["meterline.source.offset"]))
+        letters[where] = headers["meterline.reason"]
+    assert letters == {(0, 2): "invalid_quantity", (1, 0): "malformed"}
+    out = tmp_path / "out"
+    assert table(out, "SELECT event_id FROM rated_usage ORDER BY 1") == [("e1",), ("e2",), ("huge-1",)]
+    assert table(out, "SELECT aggregate, amount_exact, event_count FROM usage_totals") == [
+        (Decimal("60000000000000000003"), Decimal("120000000000000000.006"), 3)
+    ]
+    assert table(out, "SELECT partition, next_offset FROM consumer_positions ORDER BY 1") == [(0, 4), (1, 1)]
+    # Consumer lag per partition, like the other stages.
+    lag = {
+        s.labels["partition"]: s.value
+        for s in next(iter(metrics.CONSUMER_LAG.collect())).samples
+        if s.labels["stage"] == "consolidation"
+    }
+    assert lag == {"0": 0.0, "1": 0.0}
+
+
+def test_stored_offsets_past_a_recreated_topic_stop_consolidation_with_a_clear_error(
+    fresh_broker: EmbeddedBroker, tmp_path: Path, health: None
+) -> None:
+    out = tmp_path / "out"
+    settings = _settings(fresh_broker, out)
+    create_topics(settings)
+    publish_catalog(settings, FLAT_CATALOG)
+    first = [(0, _rated(f"a{i}", "1", str(i), str(i + 1), "0.002")) for i in range(30)]
+    first += [(1, _rated(f"b{i}", "1", str(i), str(i + 1), "0.002")) for i in range(10)]
+    before = _consumed()
+    worker = InProcessConsolidator(settings, out, "first")
+    worker.start()
+    try:
+        _produce_rated(fresh_broker.bootstrap_servers, first)
+        _until(lambda: _consumed() - before >= len(first), worker)
+    finally:
+        worker.stop()
+    assert worker.error is None
+
+    # The broker restarted with memory storage: the topics come back empty, the store stays.
+    with EmbeddedBroker() as restarted:
+        settings = _settings(restarted, out)
+        create_topics(settings)
+        publish_catalog(settings, FLAT_CATALOG)
+        _produce_rated(restarted.bootstrap_servers, first[:5])
+        worker = InProcessConsolidator(settings, out, "second")
+        worker.start()
+        try:
+            deadline = time.monotonic() + 60
+            while worker.running() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not worker.running(), "consolidation neither failed nor consumed: a silent skip"
+        finally:
+            worker.stop()
+    assert isinstance(worker.error, FatalStageError), worker.error
+    message = str(worker.error)
+    assert f"{RATED}[0] stored offset 30, end 5" in message
+    assert f"{RATED}[1] stored offset 10, end 0" in message
+    assert "Restore the broker's data" in message and str(out) in message
+    ok, reason = HEALTH.status()
+    assert not ok and reason.startswith("fatal: stored positions lie past the end")
+    # Nothing was consumed from the new topic: the store is as the first broker left it.
+    positions = table(out, "SELECT partition, next_offset FROM consumer_positions ORDER BY 1")
+    assert positions == [(0, 30), (1, 10)]
