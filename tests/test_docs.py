@@ -501,7 +501,8 @@ def _python_blocks(text: str) -> list[str]:
 
 
 @pytest.mark.integration
-def test_dlq_reader_example_reads_what_a_stage_writes(broker: EmbeddedBroker) -> None:
+def test_dlq_reader_example_reads_what_a_stage_writes(fresh_broker: EmbeddedBroker) -> None:
+    broker = fresh_broker  # its own topics: the partition count chosen here affects no other test
     create_topics(Settings(bootstrap_servers=broker.bootstrap_servers, partitions=2))
     marker = f"docs-{os.getpid()}"
     record = dead_letter(
