@@ -9,19 +9,26 @@ restore and the lineage guard ignore it.
 from __future__ import annotations
 
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from meterline.broker import EmbeddedBroker
+from meterline.broker import EmbeddedBroker, free_port
 from meterline.config import Settings
+from meterline.dlq import dead_letter_headers
+from meterline.health import HEALTH
+from meterline.kafka_errors import OffsetsPastEndError
 from meterline.lineage import LINEAGE_HEADER, lineage_value
 from meterline.messages import InputRecord, OutputRecord
+from meterline.metrics import serve_metrics
 from meterline.runtime import TP, BatchResult, StageRunner
-from meterline.topics import LOG, STATS, changelog_topic, ensure_topics
+from meterline.topics import LOG, REJECTED, STATS, changelog_topic, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +150,191 @@ def test_restore_ignores_aborted_changelog_and_guard_skips_replays(fresh_broker:
     assert run_until(fresh_broker, RunningCount(), 31) == {b"k": 31}
     outputs = [int(v or b"0") for _, v in read_all(fresh_broker, OUT)]
     assert outputs == list(range(1, 32))
+
+
+# -- failures: isolation, fatal errors, offsets past the end --------------------------------------
+
+HUGE = 999_000  # fits the producer's 1,000,000-byte limit alone, not with DLQ headers around it
+
+
+class HugeCopies(RunningCount):
+    """Like a stage that rejects a huge record with a DLQ copy of it (the original bytes plus
+    headers): a copy larger than the producer's limit, so the transaction cannot commit."""
+
+    def process(self, records: Sequence[InputRecord]) -> BatchResult:
+        small = [r for r in records if len(r.value or b"") < HUGE]
+        result = super().process(small)
+        for record in records:
+            if len(record.value or b"") >= HUGE:
+                headers = dead_letter_headers(
+                    "too_large", "x" * 1000, self.stage, record.topic, record.partition, record.offset
+                )
+                result.outputs.append(OutputRecord(REJECTED, record.value, record.key, headers=headers))
+                tp = (record.topic, record.partition)
+                result.counts.setdefault(tp, Counter())["rejected.too_large"] += 1
+        return result
+
+
+class Explodes(RunningCount):
+    """A stage with a bug on one record: process() raises for any batch that holds it."""
+
+    def process(self, records: Sequence[InputRecord]) -> BatchResult:
+        if any(r.value == b"boom" for r in records):
+            raise ZeroDivisionError("a stage bug")
+        return super().process(records)
+
+
+class HealthWatch:
+    """Reads /healthz over HTTP every 20 ms from a thread; keeps each distinct answer."""
+
+    def __init__(self) -> None:
+        self.server = serve_metrics(free_port())
+        assert self.server is not None
+        self.port = self.server.server_address[1]
+        self.seen: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def status(self) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as answer:
+                return answer.status, answer.read().decode().strip()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode().strip()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            answer = self.status()
+            if not self.seen or self.seen[-1] != answer:
+                self.seen.append(answer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def dead_letters(broker: EmbeddedBroker) -> list[dict[str, bytes]]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap_servers,
+            "group.id": "dlq-reader",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(REJECTED, 0, OFFSET_BEGINNING)])
+    found = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        message = consumer.poll(1)
+        if message is None:
+            continue
+        if message.error() is not None:
+            break
+        found.append(dict(message.headers() or []))
+    consumer.close()
+    return found
+
+
+def _topics(broker: EmbeddedBroker) -> None:
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+    ensure_topics(
+        admin,
+        {
+            IN: (1, LOG),
+            OUT: (1, LOG),
+            STATS: (1, LOG),
+            REJECTED: (1, LOG),
+            changelog_topic(IN, "counter"): (1, LOG),
+        },
+    )
+
+
+def _run_in_thread(runner: StageRunner) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runner.run(should_stop=done.is_set)
+        except BaseException as exc:  # the test asserts on it
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, done, errors
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("processor", [HugeCopies, Explodes])
+def test_a_batch_that_cannot_commit_is_isolated_to_one_dead_letter(
+    fresh_broker: EmbeddedBroker, processor: type[RunningCount]
+) -> None:
+    """Reproduced on c9cf9a2: a DLQ copy larger than the producer limit aborted, restored and
+    retried the same batch forever while /healthz stayed green."""
+    _topics(fresh_broker)
+    bad = b"x" * HUGE if processor is HugeCopies else b"boom"
+    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers})
+    values = [b"v"] * 10 + [bad] + [b"v"] * 10
+    for value in values:
+        producer.produce(IN, key=b"k", value=value, partition=0)
+    assert producer.flush(10) == 0
+    stage = processor()
+    settings = Settings(bootstrap_servers=fresh_broker.bootstrap_servers, instance_id="t")
+    runner = StageRunner(stage, settings, [IN])
+    watch = HealthWatch()
+    thread, done, errors = _run_in_thread(runner)
+    try:
+        _wait(lambda: bool(stage.counts) and stage.counts[(IN, 0)][b"k"] >= 20, 60, "every good record")
+        _wait(lambda: watch.seen[-1][0] == 200, 20, "a healthy stage")
+        counts = dict(stage.counts[(IN, 0)])
+    finally:
+        done.set()
+        thread.join(30)
+        watch.close()
+    assert not errors
+    assert counts == {b"k": 20}
+    assert [int(v or b"0") for _, v in read_all(fresh_broker, OUT)] == list(range(1, 21))
+    letters = dead_letters(fresh_broker)
+    internal = [h for h in letters if h["meterline.reason"] == b"internal_error"]
+    assert len(internal) == 1
+    assert internal[0]["meterline.source.offset"] == b"10"
+    assert internal[0]["meterline.stage"] == b"counter"
+    cause = b"MSG_SIZE_TOO_LARGE" if processor is HugeCopies else b"ZeroDivisionError: a stage bug"
+    assert cause in internal[0]["meterline.detail"]
+    if processor is HugeCopies:
+        # Repeated aborts made /healthz say so before the record was isolated.
+        assert any(status == 503 and "aborted" in body for status, body in watch.seen), watch.seen
+    assert watch.seen[-1] == (200, "ok")
+
+
+def test_offsets_past_the_end_stop_the_stage(fresh_broker: EmbeddedBroker) -> None:
+    """A topic recreated under a stored position (a broker restarted with memory storage) stops
+    the stage with a fatal error on /healthz, rather than waiting there and skipping silently."""
+    _topics(fresh_broker)
+    group = Consumer({"bootstrap.servers": fresh_broker.bootstrap_servers, "group.id": "meterline-counter"})
+    group.commit(offsets=[TopicPartition(IN, 0, 51)], asynchronous=False)
+    group.close()
+    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers})
+    for _ in range(5):
+        producer.produce(IN, key=b"k", value=b"v", partition=0)
+    assert producer.flush(10) == 0
+    runner = StageRunner(RunningCount(), Settings(bootstrap_servers=fresh_broker.bootstrap_servers), [IN])
+    thread, done, errors = _run_in_thread(runner)
+    thread.join(60)
+    done.set()
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], OffsetsPastEndError), errors
+    assert "test.counts.in[0] at 51 (end 5)" in str(errors[0])
+    healthy, reason = HEALTH.status()
+    assert not healthy and reason.startswith("fatal: stored positions lie beyond")
