@@ -372,6 +372,14 @@ def _consumed() -> float:
     return float(metrics.CONSUMED.labels("consolidation", RATED)._value.get())
 
 
+def _lag() -> dict[str, float]:
+    return {
+        s.labels["partition"]: s.value
+        for s in next(iter(metrics.CONSUMER_LAG.collect())).samples
+        if s.labels["stage"] == "consolidation"
+    }
+
+
 def _produce_rated(bootstrap: str, records: list[tuple[int, bytes]]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap})
     for partition, value in records:
@@ -420,6 +428,8 @@ def test_rated_records_that_do_not_fit_the_store_go_to_the_dlq_and_the_rest_is_s
             return _consumed() - before >= len(records)
 
         _until(consumed_all, worker)
+        # Consumer lag per partition, like the other stages.
+        _until(lambda: _lag() == {"0": 0.0, "1": 0.0}, worker)
         assert worker.running()
     finally:
         worker.stop()
@@ -437,13 +447,6 @@ def test_rated_records_that_do_not_fit_the_store_go_to_the_dlq_and_the_rest_is_s
         (Decimal("60000000000000000003"), Decimal("120000000000000000.006"), 3)
     ]
     assert table(out, "SELECT partition, next_offset FROM consumer_positions ORDER BY 1") == [(0, 4), (1, 1)]
-    # Consumer lag per partition, like the other stages.
-    lag = {
-        s.labels["partition"]: s.value
-        for s in next(iter(metrics.CONSUMER_LAG.collect())).samples
-        if s.labels["stage"] == "consolidation"
-    }
-    assert lag == {"0": 0.0, "1": 0.0}
 
 
 def test_stored_offsets_past_a_recreated_topic_stop_consolidation_with_a_clear_error(
