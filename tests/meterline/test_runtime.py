@@ -23,7 +23,7 @@ from meterline.broker import EmbeddedBroker, free_port
 from meterline.config import Settings
 from meterline.dlq import dead_letter_headers
 from meterline.health import HEALTH
-from meterline.kafka_errors import OffsetsPastEndError
+from meterline.kafka_errors import FatalKafkaError, OffsetsPastEndError
 from meterline.lineage import LINEAGE_HEADER, lineage_value
 from meterline.messages import InputRecord, OutputRecord
 from meterline.metrics import serve_metrics
@@ -240,7 +240,7 @@ def dead_letters(broker: EmbeddedBroker) -> list[dict[str, bytes]]:
     return found
 
 
-def _topics(broker: EmbeddedBroker) -> None:
+def make_topics(broker: EmbeddedBroker) -> None:
     admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
     ensure_topics(
         admin,
@@ -254,7 +254,7 @@ def _topics(broker: EmbeddedBroker) -> None:
     )
 
 
-def _run_in_thread(runner: StageRunner) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+def run_in_thread(runner: StageRunner) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
     done = threading.Event()
     errors: list[BaseException] = []
 
@@ -269,7 +269,7 @@ def _run_in_thread(runner: StageRunner) -> tuple[threading.Thread, threading.Eve
     return thread, done, errors
 
 
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -282,7 +282,7 @@ def test_a_batch_that_cannot_commit_is_isolated_to_one_dead_letter(
 ) -> None:
     """Reproduced on c9cf9a2: a DLQ copy larger than the producer limit aborted, restored and
     retried the same batch forever while /healthz stayed green."""
-    _topics(fresh_broker)
+    make_topics(fresh_broker)
     bad = b"x" * HUGE if processor is HugeCopies else b"boom"
     producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers})
     values = [b"v"] * 10 + [bad] + [b"v"] * 10
@@ -293,10 +293,10 @@ def test_a_batch_that_cannot_commit_is_isolated_to_one_dead_letter(
     settings = Settings(bootstrap_servers=fresh_broker.bootstrap_servers, instance_id="t")
     runner = StageRunner(stage, settings, [IN])
     watch = HealthWatch()
-    thread, done, errors = _run_in_thread(runner)
+    thread, done, errors = run_in_thread(runner)
     try:
-        _wait(lambda: bool(stage.counts) and stage.counts[(IN, 0)][b"k"] >= 20, 60, "every good record")
-        _wait(lambda: watch.seen[-1][0] == 200, 20, "a healthy stage")
+        wait(lambda: bool(stage.counts) and stage.counts[(IN, 0)][b"k"] >= 20, 60, "every good record")
+        wait(lambda: watch.seen[-1][0] == 200, 20, "a healthy stage")
         counts = dict(stage.counts[(IN, 0)])
     finally:
         done.set()
@@ -321,7 +321,7 @@ def test_a_batch_that_cannot_commit_is_isolated_to_one_dead_letter(
 def test_offsets_past_the_end_stop_the_stage(fresh_broker: EmbeddedBroker) -> None:
     """A topic recreated under a stored position (a broker restarted with memory storage) stops
     the stage with a fatal error on /healthz, rather than waiting there and skipping silently."""
-    _topics(fresh_broker)
+    make_topics(fresh_broker)
     group = Consumer({"bootstrap.servers": fresh_broker.bootstrap_servers, "group.id": "meterline-counter"})
     group.commit(offsets=[TopicPartition(IN, 0, 51)], asynchronous=False)
     group.close()
@@ -330,7 +330,7 @@ def test_offsets_past_the_end_stop_the_stage(fresh_broker: EmbeddedBroker) -> No
         producer.produce(IN, key=b"k", value=b"v", partition=0)
     assert producer.flush(10) == 0
     runner = StageRunner(RunningCount(), Settings(bootstrap_servers=fresh_broker.bootstrap_servers), [IN])
-    thread, done, errors = _run_in_thread(runner)
+    thread, done, errors = run_in_thread(runner)
     thread.join(60)
     done.set()
     assert not thread.is_alive()
@@ -338,3 +338,44 @@ def test_offsets_past_the_end_stop_the_stage(fresh_broker: EmbeddedBroker) -> No
     assert "test.counts.in[0] at 51 (end 5)" in str(errors[0])
     healthy, reason = HEALTH.status()
     assert not healthy and reason.startswith("fatal: stored positions lie beyond")
+
+
+def test_a_producer_fenced_twice_stops_the_stage(fresh_broker: EmbeddedBroker) -> None:
+    """Fencing is fatal for the fenced producer: it is replaced once (a transaction that outlived
+    its timeout), and a second fencing stops the stage instead of fencing back and forth."""
+    make_topics(fresh_broker)
+    bootstrap = fresh_broker.bootstrap_servers
+    stage = RunningCount()
+    runner = StageRunner(stage, Settings(bootstrap_servers=bootstrap, instance_id="t"), [IN])
+    thread, done, errors = run_in_thread(runner)
+    producer = Producer({"bootstrap.servers": bootstrap})
+
+    def send(count: int) -> None:
+        for _ in range(count):
+            producer.produce(IN, key=b"k", value=b"v", partition=0)
+        assert producer.flush(10) == 0
+
+    group = Consumer({"bootstrap.servers": bootstrap, "group.id": "meterline-counter"})
+
+    def committed() -> int:
+        offset: int = group.committed([TopicPartition(IN, 0)], timeout=10)[0].offset
+        return offset
+
+    try:
+        send(3)
+        wait(lambda: committed() >= 3, 60, "the first records")
+        for round in range(2):
+            twin = Producer({"bootstrap.servers": bootstrap, "transactional.id": "meterline-counter-t"})
+            twin.init_transactions(30)  # fences the stage's producer
+            send(2)
+            if round == 0:
+                wait(lambda: committed() >= 5, 60, "the records after a replaced producer")
+        thread.join(60)
+    finally:
+        done.set()
+        thread.join(30)
+        group.close()
+    assert len(errors) == 1 and isinstance(errors[0], FatalKafkaError), errors
+    assert "fenced again" in str(errors[0])
+    assert HEALTH.status()[1].startswith("fatal: producer meterline-counter-t fenced again")
+    assert [int(v or b"0") for _, v in read_all(fresh_broker, OUT)] == list(range(1, 6))
