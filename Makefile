@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NATIVE := $(VENV)/.compiled
 
-.PHONY: demo test lint unit bench bench-quick clean
+.PHONY: demo test lint unit faults bench bench-quick clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: lint $(NATIVE)
 
 unit: $(NATIVE)
 	$(BIN)/pytest -q -m 'not integration and not slow'
+
+# The fault-injection suite (tests/faults), slow parts included; rewrites tests/faults/REPORT.md.
+# Sizes: METERLINE_FAULT_EVENTS (events per faulty run), METERLINE_FAULT_GARBAGE (hostile records).
+FAULT_EVENTS ?= 500000
+faults: $(NATIVE)
+	METERLINE_FAULT_EVENTS=$(FAULT_EVENTS) METERLINE_FAULT_REPORT=tests/faults/REPORT.md \
+		$(BIN)/pytest -q -m faults tests/faults
 
 bench: $(NATIVE)
 	$(BIN)/python -m bench.run --full
