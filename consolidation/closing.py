@@ -149,9 +149,7 @@ def finalize_period(
             HEALTH.progress()
     reconcile_amounts(store, period)
     HEALTH.progress()
-    log.info(
-        "period_finalized", period=period, account=account_id, invoices=written, left_open=len(problems)
-    )
+    log.info("period_finalized", period=period, account=account_id, invoices=written, left_open=len(problems))
     return written
 
 

@@ -43,7 +43,7 @@ from consolidation.closing import accounts_active_in, finalize_period, refresh_p
 from consolidation.compaction import compact_partition
 from consolidation.dead_letters import DeadLetterSender, Undelivered
 from consolidation.errors import FatalStageError as FatalStageError
-from consolidation.positions import past_end_message, positions_past_end
+from consolidation.errors import StoredOffsetsPastEndError
 from consolidation.store import BillingStore, Position
 from meterline import metrics
 from meterline.catalog import period_bounds, period_start_instant
@@ -53,6 +53,7 @@ from meterline.health import HEALTH
 from meterline.kafka_config import consumer_config, plain_producer_config
 from meterline.lineage import LINEAGE_HEADER, LineageGuard
 from meterline.messages import InputRecord
+from meterline.offsets import past_end
 from meterline.tables import ContractsTable, PeriodsTable
 from meterline.topics import PERIODS, RATED, STATS
 
@@ -123,9 +124,8 @@ class Consolidator:
         """Consume until stopped; raises FatalStageError (health already failed) when it cannot go on."""
         try:
             self._run(should_stop)
-        except FatalStageError as exc:
-            HEALTH.fail(str(exc))
-            log.error("stage_failed", error=str(exc))
+        except FatalStageError as exc:  # the worker logs it once and exits 1 (meterline.workers)
+            HEALTH.fail(exc.reason)
             raise
 
     def _run(self, should_stop: Callable[[], bool]) -> None:
@@ -187,14 +187,20 @@ class Consolidator:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         stored = self.store.positions(RATED)
         s = self.settings
-        mine = {tp.partition: stored[tp.partition].next_offset for tp in partitions if tp.partition in stored}
+        mine = {
+            (RATED, tp.partition): stored[tp.partition].next_offset
+            for tp in partitions
+            if tp.partition in stored
+        }
         try:
-            past = positions_past_end(s.bootstrap_servers, s.kafka, RATED, mine)
+            past = past_end(s.bootstrap_servers, s.kafka, mine)
         except KafkaException as exc:  # the broker did not answer: fetching will tell
             log.warning("stored_offsets_not_checked", error=str(exc))
             past = {}
         if past:
-            self._fatal = FatalStageError(past_end_message(RATED, past, self.store.out))
+            self._fatal = StoredOffsetsPastEndError.of(
+                RATED, {p: v for (_, p), v in past.items()}, self.store.out
+            )
             HEALTH.fail(str(self._fatal))
             consumer.assign([])
             return

@@ -382,7 +382,6 @@ class BillingStore:
         write_parquet_atomically(_as_table(drafts).cast(DRAFT_SCHEMA), folder / "invoice_drafts.parquet")
         write_parquet_atomically(_as_table(lines).cast(LINE_SCHEMA), folder / "invoice_lines.parquet")
 
-
     # -- accounts a close could not finalize ---------------------------------
 
     def record_close_problems(
@@ -414,6 +413,7 @@ class BillingStore:
             {"period": period},
         ).fetchall()
         return [(p, a, r, d) for p, a, r, d in rows]
+
 
 def _as_table(result: Any) -> pa.Table:
     return result.read_all() if hasattr(result, "read_all") else result

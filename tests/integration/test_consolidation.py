@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -483,11 +485,21 @@ def test_stored_offsets_past_a_recreated_topic_stop_consolidation_with_a_clear_e
             assert not worker.running(), "consolidation neither failed nor consumed: a silent skip"
         finally:
             worker.stop()
+        # The worker process: exit code 1 and one log line saying why.
+        completed = subprocess.run(
+            [sys.executable, "-m", "meterline", "consolidation", "--bootstrap-servers",
+             restarted.bootstrap_servers, "--out", str(out), "--no-auto-close"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
     assert isinstance(worker.error, FatalStageError), worker.error
     message = str(worker.error)
     assert f"{RATED}[0] stored offset 30, end 5" in message
     assert f"{RATED}[1] stored offset 10, end 0" in message
     assert "Restore the broker's data" in message and str(out) in message
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    fatal = [json.loads(line) for line in completed.stderr.splitlines() if '"worker_fatal"' in line]
+    assert len(fatal) == 1 and "stored offset 30, end 5" in fatal[0]["reason"], completed.stderr
+    assert "Traceback" not in completed.stdout + completed.stderr
     ok, reason = HEALTH.status()
     assert not ok and reason.startswith("fatal: stored positions lie past the end")
     # Nothing was consumed from the new topic: the store is as the first broker left it.
