@@ -10,29 +10,21 @@ fix the catalog from one line of output.
 Numbers are never floats: the YAML and JSON readers keep every number as its
 decimal text, and `Decimal` values are built from that text.
 
-For publishing, a catalog is split into keyed entities (`meter/<code>`,
-`plan/<id>`, `account/<id>`) carried on the compacted contracts topic; every
-stage reassembles them into a document and parses it like a file.
+Reading files is meterline.catalog_read, the schema pass meterline.catalog_validate,
+and the keyed entities of the contracts topic meterline.catalog_entities; this
+module builds the Catalog and keeps all their names importable from one place.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, time
 from decimal import Decimal
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from re import Pattern
 from typing import Any, Final, NoReturn, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-import jsonschema
-import yaml
-from jsonschema.exceptions import ValidationError
 
 from meterline.catalog import (
     ZERO,
@@ -52,23 +44,28 @@ from meterline.catalog import (
     RoundingMode,
     Tier,
 )
+from meterline.catalog_entities import ENTITY_VERSION, SECTIONS, catalog_entities, document_from_entities
+from meterline.catalog_read import CatalogError, DocPath, format_path, read_catalog_document
+from meterline.catalog_validate import catalog_schema, validate_document
 from meterline.currency import is_currency
 
+# Reading (catalog_read), the schema pass (catalog_validate) and the topic entities
+# (catalog_entities) live in their own modules; their names stay importable from here.
 __all__ = [
+    "ENTITY_VERSION",
+    "SECTIONS",
     "CatalogError",
     "catalog_entities",
+    "catalog_schema",
     "document_from_entities",
+    "format_path",
     "load_catalog",
     "parse_catalog",
     "read_catalog_document",
+    "validate_document",
 ]
 
-PathPart = str | int
-DocPath = tuple[PathPart, ...]
-
 WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-SECTIONS: Final = {"meter": ("meters", "code"), "plan": ("plans", "id"), "account": ("accounts", "id")}
-ENTITY_VERSION: Final = 1
 _INTEGER_DIGITS: Final = 20
 _PLACES: Final = 18
 _MAX_NET_TERMS_DAYS: Final = 3650
@@ -83,233 +80,9 @@ _MODEL_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 _PRICE_FIELDS: Final = ("unit_price", "tiers", "package_size", "package_price")
 
 
-class CatalogError(ValueError):
-    """An invalid catalog: which file, where in it, and what is wrong.
-
-    `str()` is one line, `FILE: PATH: PROBLEM`, e.g.
-    `catalog.yaml: plans[1].charges[0].tiers[2].unit_price: must be a non-negative decimal`.
-    """
-
-    def __init__(self, source: str, path: str, problem: str) -> None:
-        super().__init__(f"{source}: {path}: {problem}")
-        self.source = source
-        self.path = path
-        self.problem = problem
-
-
-def format_path(parts: Iterable[PathPart]) -> str:
-    """`("plans", 1, "charges", 0, "id")` -> `plans[1].charges[0].id`; the root is `$`."""
-    text = ""
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else part
-    return text or "$"
-
-
-# --------------------------------------------------------------------------- reading
-
-
-_BOOL_TAG: Final = "tag:yaml.org,2002:bool"
-_TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
-
-
-class _CatalogYamlLoader(yaml.SafeLoader):
-    """SafeLoader that keeps numbers as their text and dates as strings.
-
-    Also YAML 1.2 booleans only (`no` stays the string "no", e.g. a region code)
-    and duplicate keys are an error rather than a silent overwrite.
-    """
-
-
-def _scalar_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
-    return str(loader.construct_scalar(cast(yaml.ScalarNode, node)))
-
-
-def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.Node) -> dict[Any, Any]:
-    assert isinstance(node, yaml.MappingNode)
-    loader.flatten_mapping(node)
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark
-            ) from None
-        if key in mapping:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        mapping[key] = loader.construct_object(value_node, deep=True)
-    return mapping
-
-
-def _catalog_resolvers() -> dict[Any, list[tuple[str, Pattern[str]]]]:
-    """SafeLoader's implicit resolvers without timestamps and with YAML 1.2 booleans."""
-    yaml_1_2_bool = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-    resolvers: dict[Any, list[tuple[str, Pattern[str]]]] = {}
-    for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items():
-        kept = [(tag, rx) for tag, rx in entries if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
-        if first in ("t", "T", "f", "F"):
-            kept.append((_BOOL_TAG, yaml_1_2_bool))
-        resolvers[first] = kept
-    return resolvers
-
-
-_CatalogYamlLoader.yaml_implicit_resolvers = _catalog_resolvers()
-# Numbers (and explicitly tagged timestamps) stay the text their author wrote.
-for _tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", _TIMESTAMP_TAG):
-    _CatalogYamlLoader.add_constructor(_tag, _scalar_text)
-_CatalogYamlLoader.add_constructor("tag:yaml.org,2002:map", _mapping_without_duplicates)
-
-
-def _reject_json_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a valid number")
-
-
-def read_catalog_document(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON catalog file, keeping every number as its decimal text.
-
-    `.json` files are read as JSON, anything else as YAML (a superset of JSON).
-    Problems reading or parsing the file are CatalogErrors too.
-    """
-    path = Path(path)
-    source = path.name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(source, "$", f"cannot read the file: {exc}") from exc
-    document: Any
-    if path.suffix.lower() == ".json":
-        try:
-            document = json.loads(text, parse_float=str, parse_int=str, parse_constant=_reject_json_constant)
-        except ValueError as exc:
-            position = (
-                f"line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "$"
-            )
-            problem = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-            raise CatalogError(source, position, f"invalid JSON: {problem}") from exc
-    else:
-        try:
-            document = yaml.load(
-                text, Loader=_CatalogYamlLoader
-            )  # a SafeLoader subclass: no arbitrary objects
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            position = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "$"
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise CatalogError(source, position, f"invalid YAML: {problem}") from exc
-    if not isinstance(document, dict):
-        raise CatalogError(source, "$", "a catalog must be a mapping with meters, plans and accounts")
-    return document
-
-
 def load_catalog(path: str | Path) -> Catalog:
     """Read, validate and build a catalog file."""
     return parse_catalog(read_catalog_document(path), source=Path(path).name)
-
-
-# --------------------------------------------------------------------------- schema
-
-
-@lru_cache(maxsize=1)
-def catalog_schema() -> dict[str, Any]:
-    """The JSON Schema of catalog documents (shipped as package data of `schemas`)."""
-    text = resources.files("schemas").joinpath("catalog.schema.json").read_text(encoding="utf-8")
-    return cast(dict[str, Any], json.loads(text))
-
-
-@lru_cache(maxsize=1)
-def _validator() -> jsonschema.Draft202012Validator:
-    # Local `$ref`s are inlined: resolving them on every object halves validation speed,
-    # which matters for catalogs of thousands of accounts. The schema is not recursive.
-    schema = catalog_schema()
-    definitions: dict[str, Any] = schema["$defs"]
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            reference = node.get("$ref")
-            if isinstance(reference, str) and reference.startswith("#/$defs/"):
-                return inline(definitions[reference.removeprefix("#/$defs/")])
-            return {key: inline(value) for key, value in node.items() if key != "$defs"}
-        if isinstance(node, list):
-            return [inline(item) for item in node]
-        return node
-
-    return jsonschema.Draft202012Validator(inline(schema))
-
-
-def _as_document(value: Any) -> Any:
-    """A plain JSON-shaped copy of a document with numbers and dates as text.
-
-    Readers already keep numbers as text; this covers documents built in Python
-    (ints, Decimals, dates). A float is taken as its shortest round-trip text,
-    which is the literal its author wrote.
-    """
-    if isinstance(value, str) or value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int | Decimal):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(_as_document(key)): _as_document(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_as_document(item) for item in value]
-    return value
-
-
-def _schema_problem(error: ValidationError) -> tuple[DocPath, str]:
-    """A user-facing path and problem for one schema violation."""
-    path: DocPath = tuple(error.absolute_path)
-    instance = error.instance
-    if error.validator == "required" and isinstance(instance, Mapping):
-        missing = [name for name in cast(list[str], error.validator_value) if name not in instance]
-        return (*path, missing[0]), "required field is missing"
-    if error.validator == "additionalProperties" and isinstance(instance, Mapping):
-        allowed = set(cast(Mapping[str, Any], error.schema).get("properties", {}))
-        extra = sorted(str(name) for name in instance if name not in allowed)
-        return (*path, extra[0]), f"unknown field (allowed: {', '.join(sorted(allowed))})"
-    custom = error.schema.get("errorMessage") if isinstance(error.schema, Mapping) else None
-    if custom and error.validator in ("pattern", "enum", "type", "minimum"):
-        return path, f"{custom}, got {json.dumps(instance)}"
-    if error.validator == "type":
-        return path, f"must be of type {error.validator_value}, got {json.dumps(instance)}"
-    return path, error.message
-
-
-def validate_document(document: Mapping[str, Any], source: str = "<catalog>") -> dict[str, Any]:
-    """Check a document against the JSON Schema; returns its normalized (JSON-shaped) copy."""
-    normalized = _as_document(document)
-    if not isinstance(normalized, dict):
-        raise CatalogError(source, "$", "a catalog must be a mapping with meters, plans and accounts")
-    errors = list(_validator().iter_errors(normalized))
-    if errors:
-        # The first problem in document order, as the cross-object checks report theirs.
-        problems = [_schema_problem(error) for error in errors]
-        path, problem = min(problems, key=lambda item: _document_position(normalized, item[0]))
-        raise CatalogError(source, format_path(path), problem)
-    return normalized
-
-
-def _document_position(document: Any, path: DocPath) -> list[int]:
-    """Where a path lies in the document: list indexes and key positions (missing keys last)."""
-    position: list[int] = []
-    node = document
-    for part in path:
-        if isinstance(node, list) and isinstance(part, int) and part < len(node):
-            position.append(part)
-            node = node[part]
-        elif isinstance(node, dict) and part in node:
-            position.append(list(node).index(part))
-            node = node[part]
-        else:
-            position.append(len(node) if isinstance(node, dict | list) else 0)
-            node = None
-    return position
 
 
 # --------------------------------------------------------------------------- building
@@ -676,52 +449,3 @@ def _is_convertible(source_unit: str, unit: str) -> bool:
     from mediation.units import is_convertible
 
     return bool(is_convertible(source_unit, unit))
-
-
-# --------------------------------------------------------------------------- entities
-
-
-def catalog_entities(
-    document: Mapping[str, Any], source: str = "<catalog>"
-) -> list[tuple[str, dict[str, Any]]]:
-    """Split a validated document into keyed entities for the compacted contracts topic.
-
-    Validate the whole catalog first (:func:`parse_catalog`); this only re-checks the
-    shape, so a malformed document is a CatalogError here rather than a KeyError.
-
-    Keys are `meter/<code>`, `plan/<id>`, `account/<id>`; values are JSON-serializable
-    dicts `{"kind", "id", "version", "spec"}` with decimals as text. Meters come first,
-    then plans, then accounts, so a reader never sees a reference before its target
-    when the topic is read in order.
-    """
-    normalized = validate_document(document, source)
-    entities: list[tuple[str, dict[str, Any]]] = []
-    for kind, (section, id_field) in SECTIONS.items():
-        for spec in normalized.get(section, ()):
-            entity_id = spec[id_field]
-            value = {"kind": kind, "id": entity_id, "version": ENTITY_VERSION, "spec": spec}
-            entities.append((f"{kind}/{entity_id}", value))
-    return entities
-
-
-def document_from_entities(values: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
-    """Reassemble a catalog document from entity values (see :func:`catalog_entities`).
-
-    Pass the latest value of each key; a later value of the same entity replaces an
-    earlier one and None (a tombstone) is skipped. Entities are ordered by id, so the
-    document does not depend on the order the topic was read in.
-    """
-    latest: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in SECTIONS}
-    for value in values:
-        if value is None:
-            continue
-        kind = value.get("kind")
-        if kind not in SECTIONS:
-            raise ValueError(f"not a catalog entity: kind {kind!r}")
-        if value.get("version") != ENTITY_VERSION:
-            raise ValueError(f"unsupported catalog entity version {value.get('version')!r}")
-        latest[kind][str(value["id"])] = dict(value["spec"])
-    return {
-        section: [latest[kind][key] for key in sorted(latest[kind])]
-        for kind, (section, _) in SECTIONS.items()
-    }
