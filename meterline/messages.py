@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
 
+from confluent_kafka import Message
+
 TP = tuple[str, int]
 
 
@@ -53,6 +55,28 @@ class OutputRecord:
         self.key: Final = key
         self.partition: Final = partition
         self.headers: Final = headers
+
+
+def input_records(messages: list[Message]) -> tuple[list[InputRecord], list[Message]]:
+    """The records among consumed messages, and the messages that carry an error instead."""
+    records = []
+    errors = []
+    for message in messages:
+        if message.error() is not None:
+            errors.append(message)
+            continue
+        raw_headers = message.headers()
+        records.append(
+            InputRecord(
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                message.key(),
+                message.value(),
+                dict(raw_headers) if raw_headers else {},
+            )
+        )
+    return records, errors
 
 
 @dataclass(slots=True)

@@ -7,21 +7,14 @@ One loop, one commit path, in numbered steps:
     3. transform it: the stage's pure `process()`
     4. in one transaction: outputs + DLQ records, changelog (state) records,
        per-partition progress (stats), consumer offsets; commit
-    5. on failure: abort, restore state, rewind, then replay the batch, split it, or
-       dead-letter its one record (below)
+    5. on failure: abort, restore state, rewind; then replay the batch, split it,
+       or dead-letter its one record (meterline.isolation decides)
 
-Kafka errors follow librdkafka's classes (meterline.kafka_errors): retriable calls
-are retried with backoff; an abortable failure aborts and replays the batch, at
-most MAX_CONSECUTIVE_ABORTS times while the broker answers. Then the batch is
-isolated: replayed in halves, down to one record per transaction, and a record
-that still cannot be committed (an output too large, say) goes to the DLQ as
-`internal_error` with the error as detail. If even that DLQ copy cannot be
-committed the worker stops. A transform that raises is isolated the same way at
-once. Fatal errors stop the worker: /healthz says why, one log line says why,
-the worker exits non-zero (meterline.workers). A fenced producer is replaced once
-in a worker's life (a transaction that outlived `transaction.timeout.ms` in a
-broker stall); fenced again, the worker stops: another process runs with its
-instance id, and ping-ponging fences with it would never end.
+Kafka errors follow librdkafka's classes (meterline.kafka_errors, applied in
+meterline.transaction). A record no transaction can commit (an output too large,
+say), or one the transform raises on, ends in the DLQ as `internal_error`; if even
+its DLQ copy cannot be committed, the worker stops. Fatal errors stop the worker:
+/healthz and one log line say why, and it exits non-zero (meterline.workers).
 
 State lives in memory per assigned partition and is made durable in a compacted
 changelog topic (partition = input partition), restored on assignment before any
@@ -54,7 +47,7 @@ from meterline.lineage import LINEAGE_HEADER
 # TP and BatchResult: stages import them from here.
 from meterline.messages import TP as TP
 from meterline.messages import BatchResult as BatchResult
-from meterline.messages import InputRecord, Processor
+from meterline.messages import InputRecord, Processor, input_records
 from meterline.offsets import check_positions
 from meterline.reasons import INTERNAL_ERROR
 from meterline.restore import THROUGH_HEADER, Partitions
@@ -168,26 +161,13 @@ class StageRunner:
         return exc
 
     def _records(self, messages: list[Message]) -> list[InputRecord]:
-        records = []
-        for message in messages:
+        records, errors = input_records(messages)
+        for message in errors:
             error = message.error()
-            if error is not None:
-                fatal = consumer_failure(error, message.topic(), message.partition())
-                if fatal is not None:
-                    raise fatal
-                self._log.warning("consume_error", error=describe(error))
-                continue
-            raw_headers = message.headers()
-            records.append(
-                InputRecord(
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    message.key(),
-                    message.value(),
-                    dict(raw_headers) if raw_headers else {},
-                )
-            )
+            fatal = consumer_failure(error, message.topic(), message.partition())
+            if fatal is not None:
+                raise fatal
+            self._log.warning("consume_error", error=describe(error))
         return records
 
     def _idle_turn(self) -> None:
