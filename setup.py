@@ -26,6 +26,7 @@ COMPILED = [
     "meterline/lineage.py",
     "meterline/messages.py",
     "meterline/records.py",
+    "meterline/restore.py",  # the changelog restore loop, split out of the runtime
     "meterline/runtime.py",
     "mediation/dedup.py",
     "mediation/enrich.py",
