@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from consolidation.batch import STAGE, Rejection
 from meterline import metrics
@@ -74,6 +74,10 @@ class DeadLetterSender:
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     self._producer.poll(0.05)
+                except KafkaException as exc:  # refused before it left (too large for this producer)
+                    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                    fatal = error is None or error.fatal() or error.code() in _FATAL_CODES
+                    raise Undelivered(f"DLQ record refused: {exc}", fatal) from exc
         left = self._producer.flush(DELIVERY_TIMEOUT_S)
         if self._errors:
             fatal = any(e.fatal() or e.code() in _FATAL_CODES for e in self._errors)
