@@ -523,3 +523,12 @@ def test_dlq_reader_example_reads_what_a_stage_writes(fresh_broker: EmbeddedBrok
         and r["detail"] == "timestamp is missing" and not r["truncated"]
         for r in found
     )  # fmt: skip
+
+
+def test_files_named_in_the_pages_exist() -> None:
+    """A path in backticks (`consolidation/invoice.py`) names a file of the repository."""
+    for page in [ROOT / "README.md", *PAGES]:
+        for path in re.findall(
+            r"`([\w.-]+(?:/[\w.-]+)+\.(?:py|yaml|yml|json|md|toml|avsc|csv|jsonl))`", page.read_text()
+        ):
+            assert (ROOT / path).exists() or (page.parent / path).exists(), f"{page.name}: {path}"
