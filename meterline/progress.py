@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from meterline.kafka_config import consumer_config
 from meterline.topics import STATS
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,26 @@ class Totals:
         return sum(self.rejected.values())
 
 
+def progress_record(value: bytes | None) -> dict[str, Any] | None:
+    """A stage's progress record (see meterline.runtime), or None for anything else."""
+    try:
+        record = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    counts = record.get("counts")
+    if not (
+        isinstance(record.get("stage"), str)
+        and isinstance(record.get("topic"), str)
+        and isinstance(record.get("through"), int)
+        and isinstance(counts, dict)
+        and all(isinstance(v, int) for v in counts.values())
+    ):
+        return None
+    return record
+
+
 class StatsReader:
     def __init__(self, bootstrap_servers: str, kafka: Mapping[str, str]) -> None:
         self._latest: dict[bytes, dict[str, Any]] = {}
@@ -46,12 +69,16 @@ class StatsReader:
 
     def poll(self, timeout: float = 0.2) -> None:
         for message in self._consumer.consume(100000, timeout):
-            if message.error() is not None or message.key() is None:
+            key = message.key()
+            if message.error() is not None or key is None:
                 continue
-            record = orjson.loads(message.value())
-            current = self._latest.get(message.key())
+            record = progress_record(message.value())
+            if record is None:  # not a stage's progress record: it cannot count
+                log.warning("stats_record_skipped", topic=STATS, offset=message.offset())
+                continue
+            current = self._latest.get(key)
             if current is None or record["through"] >= current["through"]:
-                self._latest[message.key()] = record
+                self._latest[key] = record
 
     def totals(self, raw_topics: list[str]) -> Totals:
         by: dict[str, Counter[str]] = {

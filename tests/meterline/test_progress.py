@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meterline.progress import Totals, drained
+from meterline.progress import Totals, drained, progress_record
 
 
 def totals(**overrides: int) -> Totals:
@@ -49,3 +49,12 @@ def test_progress_of_a_raw_topic_deduplicated_in_place_counts() -> None:
         ),
         published=100,
     )
+
+
+def test_only_progress_records_count() -> None:
+    good = b'{"stage": "rating", "topic": "t", "partition": 0, "through": 4, "counts": {"rated": 5}}'
+    assert progress_record(good) == {
+        "stage": "rating", "topic": "t", "partition": 0, "through": 4, "counts": {"rated": 5}
+    }  # fmt: skip
+    for bad in (None, b"", b"{", b"[]", b'{"stage": "rating"}', good.replace(b"5}", b'"5"}')):
+        assert progress_record(bad) is None, bad
