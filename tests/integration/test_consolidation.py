@@ -30,6 +30,7 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from confluent_kafka import Producer
 
 from consolidation.closing import accounts_active_in
@@ -505,3 +506,46 @@ def test_stored_offsets_past_a_recreated_topic_stop_consolidation_with_a_clear_e
     # Nothing was consumed from the new topic: the store is as the first broker left it.
     positions = table(out, "SELECT partition, next_offset FROM consumer_positions ORDER BY 1")
     assert positions == [(0, 30), (1, 10)]
+
+
+def test_a_close_reports_an_account_the_catalog_lost_and_finishes_once_it_is_back(
+    fresh_broker: EmbeddedBroker, tmp_path: Path, health: None
+) -> None:
+    out = tmp_path / "out"
+    settings = _settings(fresh_broker, out)
+    create_topics(settings)
+    publish_catalog(settings, FLAT_CATALOG)
+    document = yaml.safe_load(FLAT_CATALOG.read_text())
+    document["accounts"] = [a for a in document["accounts"] if a["id"] != "alpha"]
+    without_alpha = tmp_path / "without-alpha.yaml"
+    without_alpha.write_text(yaml.safe_dump(document))
+    records = [(0, _rated(f"a{i}", "1", str(i), str(i + 1), "0.002")) for i in range(3)]
+    before = _consumed()
+    worker = InProcessConsolidator(settings, out, "lost")
+    reader = worker.store.db.cursor()  # a connection of its own, for this thread
+
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        return reader.execute(sql).fetchall()
+
+    worker.start()
+    try:
+        _produce_rated(fresh_broker.bootstrap_servers, records)
+        _until(lambda: _consumed() - before >= len(records), worker)
+        # Published without alpha (as a user could, with --force), then the period closed.
+        publish_catalog(settings, without_alpha, force=True)
+        publish_close(settings, "2026-09")
+        problems = "SELECT account_id, reason FROM close_problems"
+        _until(lambda: rows(problems) == [("alpha", "account_missing")], worker)
+        drafts = "SELECT account_id, status FROM invoice_drafts WHERE period = '2026-09' ORDER BY 1"
+        assert ("alpha", "final") not in rows(drafts) and ("beta", "final") in rows(drafts)
+        assert rows("SELECT count(*) FROM closes_done") == [(0,)]  # the close is not done
+        # The catalog fixed: the same close finishes, nothing to publish again.
+        publish_catalog(settings, FLAT_CATALOG)
+        _until(lambda: rows(drafts) == [("alpha", "final"), ("beta", "final")], worker)
+        _until(lambda: rows("SELECT period, account_id FROM closes_done") == [("2026-09", None)], worker)
+        assert rows("SELECT * FROM close_problems") == []
+    finally:
+        reader.close()
+        worker.stop()
+    assert worker.error is None
+    assert table(out, "SELECT event_count FROM invoice_drafts WHERE account_id = 'alpha'") == [(3,)]
