@@ -9,12 +9,14 @@ leaves nothing behind: the rows and totals of the batch are built from the other
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from decimal import Context, Decimal, InvalidOperation, localcontext
+from decimal import Context, Decimal, localcontext
 from typing import Any, Final
 
+import pyarrow as pa
 import structlog
 
 from consolidation.files import RatedRows
@@ -36,6 +38,7 @@ _DECIMALS: Final = tuple(
 LIMIT: Final = Decimal(10) ** 20
 _SCALE: Final = -18
 _WIDE: Final = Context(prec=100)
+_NUMBER: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 TotalKey = tuple[str, str, str, str, str]  # account, period, charge, meter, contract
 
@@ -72,14 +75,12 @@ class Batch:
 def fits(text: str) -> bool:
     """Whether decimal text fits DECIMAL(38,18) exactly (Arrow's cast would raise otherwise)."""
     # Fast path, most values: at most 20 characters of digits and one point.
-    if not text.isascii():  # Decimal reads any Unicode digits, Arrow only ASCII ones
-        return False
-    if len(text) <= 20 and text.replace(".", "", 1).isdigit():
+    if len(text) <= 20 and text.isascii() and text.replace(".", "", 1).isdigit():
         return True
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
+    # Decimal also reads Unicode digits, underscores and spaces around; Arrow does not.
+    if _NUMBER.fullmatch(text) is None:
         return False
+    value = Decimal(text)
     if not value.is_finite() or value.copy_abs() >= LIMIT:
         return False
     exponent = value.as_tuple().exponent
@@ -87,6 +88,34 @@ def fits(text: str) -> bool:
         return True
     exponent = value.normalize(_WIDE).as_tuple().exponent  # trailing zeros past 18 places
     return isinstance(exponent, int) and exponent >= _SCALE
+
+
+def build_writable_batch(
+    records: Sequence[InputRecord],
+    final: Collection[tuple[str, str]],
+    stored_amounts: Callable[[Collection[TotalKey]], dict[TotalKey, Decimal]],
+    decode: Callable[[bytes], list[Any]] = decode_rated_row,
+) -> tuple[Batch, dict[int, pa.Table]]:
+    """build_batch, plus each partition's rows as an Arrow table ready to write.
+
+    The checks of build_batch keep Arrow's conversion from failing; should it fail all
+    the same, each record is converted on its own and those that fail are internal errors.
+    """
+    batch = build_batch(records, final, stored_amounts, decode)
+    try:
+        return batch, {partition: rows.table() for partition, rows in batch.rows.items()}
+    except Exception as exc:
+        log.error("batch_not_writable", stage=STAGE, error=f"{type(exc).__name__}: {exc}")
+
+    def writable(value: bytes) -> list[Any]:
+        row = decode(value)
+        alone = RatedRows()
+        alone.append(row, 0, 0)
+        alone.table()
+        return row
+
+    batch = build_batch(records, final, stored_amounts, writable)
+    return batch, {partition: rows.table() for partition, rows in batch.rows.items()}
 
 
 def build_batch(

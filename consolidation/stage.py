@@ -38,7 +38,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consolidation.batch import STAGE, Batch, build_batch
+from consolidation.batch import STAGE, Batch, build_writable_batch
 from consolidation.closing import accounts_active_in, finalize_period, refresh_previews
 from consolidation.compaction import compact_partition
 from consolidation.dead_letters import DeadLetterSender, Undelivered
@@ -263,7 +263,7 @@ class Consolidator:
         if not offsets:
             return
         HEALTH.broker_up()
-        batch = build_batch(records, self._final, self.store.stored_amounts)
+        batch, tables = build_writable_batch(records, self._final, self.store.stored_amounts)
         try:
             self._dlq.send(batch.rejected)
         except Undelivered as exc:
@@ -274,8 +274,8 @@ class Consolidator:
             log.warning("batch_retried", reason=str(exc), partitions=sorted(offsets))
             return
         for partition, (first, last) in offsets.items():
-            if partition in batch.rows:
-                self.store.write_rated_files(partition, first, last, batch.rows[partition])
+            if partition in tables:
+                self.store.write_rated_files(partition, first, last, tables[partition])
         new_positions = {}
         for partition, (_, last) in offsets.items():
             merged = Counter(self._positions[partition].counts)

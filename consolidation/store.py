@@ -178,12 +178,13 @@ class BillingStore:
 
     # -- one batch -----------------------------------------------------------
 
-    def write_rated_files(self, partition: int, first: int, last: int, rows: RatedRows) -> None:
+    def write_rated_files(self, partition: int, first: int, last: int, rows: RatedRows | pa.Table) -> None:
         """One file per period touched by the batch, named after the partition and offset range."""
-        table = rows.table()
+        table = rows.table() if isinstance(rows, RatedRows) else rows
         periods = table.column("period")
-        for period in pc.unique(periods).to_pylist():
-            items = table if len(rows.periods) == 1 else table.filter(pc.equal(periods, period))
+        touched = pc.unique(periods).to_pylist()
+        for period in touched:
+            items = table if len(touched) == 1 else table.filter(pc.equal(periods, period))
             folder = self.rated_dir / f"period={period}"
             write_parquet_atomically(items, folder / rated_file_name(partition, first, last))
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from consolidation.batch import TotalKey, build_batch, fits
+from consolidation.batch import TotalKey, build_batch, build_writable_batch, fits
 from meterline.messages import InputRecord
+from schemas.codec import RATED_FIELDS
 from tests.consolidation.test_store import record
 
 KEY: TotalKey = ("alpha", "2026-09", "eur-api", "api_calls", "alpha-1")
@@ -49,6 +50,12 @@ def _batch(rows: list[list[Any]], stored: Any = _none_stored, final: Collection[
         ("Infinity", False),
         ("abc", False),
         ("١٢", False),  # digits, but not ASCII ones
+        ("1_000", False),  # Decimal reads these, Arrow does not
+        (" 5", False),
+        ("sNaN", False),
+        ("+1.5e-3", True),
+        ("-.5", True),
+        ("0e-30", True),
     ],
 )
 def test_fits_decimal_38_18(text: str, fit: bool) -> None:
@@ -117,3 +124,14 @@ def test_undecodable_and_final_period_records_are_rejected_with_their_reasons() 
     closed = _batch([record("e1")], final={("alpha", "2026-09")})
     assert [r.reason for r in closed.rejected] == ["period_closed"]
     assert closed.touched == set()
+
+
+def test_a_row_arrow_cannot_convert_after_all_is_an_internal_error_alone() -> None:
+    # An event time past int64 microseconds: no check of build_batch looks at it.
+    rows = [record("e1"), record("e2"), record("e3")]
+    rows[1][RATED_FIELDS.index("event_time")] = 2**70
+    records = [_input(i, str(i).encode()) for i in range(3)]
+    batch, tables = build_writable_batch(records, (), _none_stored, _decoder(dict(enumerate(rows))))
+    assert [(r.reason, r.record.offset) for r in batch.rejected] == [("internal_error", 1)]
+    assert tables[0].column("event_id").to_pylist() == ["e1", "e3"]
+    assert batch.totals[KEY][1:] == [Decimal("0.004"), 2]
