@@ -281,6 +281,8 @@ class StageRunner:
         except KafkaException as exc:
             # 7. abort (or replace a fenced producer); the caller restores and rewinds
             return txn.abort(error_of(exc))
+        except (TypeError, ValueError) as exc:  # an output the client refuses (a str value, say)
+            return txn.abort(None, f"{type(exc).__name__}: {exc}")
         return None
 
     def _after_failure(

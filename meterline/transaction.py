@@ -116,9 +116,11 @@ class Transactions:
                 self._log.warning("transaction_retry", step=step, error=describe(error), attempt=attempt)
                 time.sleep(min(0.2 * attempt, 2.0))
 
-    def abort(self, error: KafkaError | None) -> Failure:
-        """Abort the failed transaction; FatalKafkaError for what no replay can fix."""
-        kind, detail = classify(error), describe(error)
+    def abort(self, error: KafkaError | None, detail: str | None = None) -> Failure:
+        """Abort the failed transaction; FatalKafkaError for what no replay can fix.
+
+        `detail` says what failed when it was no Kafka error (`error` None)."""
+        kind, detail = classify(error), detail or describe(error)
         self._log.warning("transaction_failed", error=detail, kind=kind)
         metrics.ABORTS.labels(self.stage, kind).inc()
         if kind == FATAL:

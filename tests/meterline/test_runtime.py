@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
@@ -184,6 +185,16 @@ class Explodes(RunningCount):
         return super().process(records)
 
 
+class BadOutput(RunningCount):
+    """A stage with a bug on one record: it emits a value the Kafka client refuses (not bytes)."""
+
+    def process(self, records: Sequence[InputRecord]) -> BatchResult:
+        result = super().process([r for r in records if r.value != b"int"])
+        if any(r.value == b"int" for r in records):
+            result.outputs.append(OutputRecord(OUT, cast(bytes, 42)))
+        return result
+
+
 class HealthWatch:
     """Reads /healthz over HTTP every 20 ms from a thread; keeps each distinct answer."""
 
@@ -276,14 +287,14 @@ def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("processor", [HugeCopies, Explodes])
+@pytest.mark.parametrize("processor", [HugeCopies, Explodes, BadOutput])
 def test_a_batch_that_cannot_commit_is_isolated_to_one_dead_letter(
     fresh_broker: EmbeddedBroker, processor: type[RunningCount]
 ) -> None:
     """Reproduced on c9cf9a2: a DLQ copy larger than the producer limit aborted, restored and
     retried the same batch forever while /healthz stayed green."""
     make_topics(fresh_broker)
-    bad = b"x" * HUGE if processor is HugeCopies else b"boom"
+    bad = {HugeCopies: b"x" * HUGE, Explodes: b"boom", BadOutput: b"int"}[processor]
     producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers})
     values = [b"v"] * 10 + [bad] + [b"v"] * 10
     for value in values:
@@ -310,7 +321,11 @@ def test_a_batch_that_cannot_commit_is_isolated_to_one_dead_letter(
     assert len(internal) == 1
     assert internal[0]["meterline.source.offset"] == b"10"
     assert internal[0]["meterline.stage"] == b"counter"
-    cause = b"MSG_SIZE_TOO_LARGE" if processor is HugeCopies else b"ZeroDivisionError: a stage bug"
+    cause = {
+        HugeCopies: b"MSG_SIZE_TOO_LARGE",
+        Explodes: b"ZeroDivisionError: a stage bug",
+        BadOutput: b"TypeError",
+    }[processor]
     assert cause in internal[0]["meterline.detail"]
     if processor is HugeCopies:
         # Repeated aborts made /healthz say so before the record was isolated.
