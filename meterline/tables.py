@@ -26,7 +26,6 @@ from meterline import metrics
 from meterline.catalog import Catalog
 from meterline.catalog_file import ENTITY_VERSION, SECTIONS, document_from_entities, parse_catalog
 from meterline.kafka_config import consumer_config
-from meterline.topics import CONTRACTS, PERIODS
 
 log = structlog.get_logger()
 
@@ -48,8 +47,9 @@ class CompactedTable:
     ) -> None:
         self.topic = topic
         self.values: dict[bytes, bytes] = {}
-        # The control topics check their records whoever reads them (publishers too).
-        self.validate = validate or _VALIDATORS.get(topic)
+        # Stages' tables skip what they cannot read; a publisher reads the raw values (and
+        # tombstones garbage keys when it publishes).
+        self.validate = validate
         self._consumer = Consumer(
             consumer_config(
                 bootstrap_servers, kafka, f"meterline-table-{name}", **{"enable.partition.eof": True}
@@ -141,6 +141,7 @@ class ContractsTable(_DerivedTable):
 
     def __init__(self, table: CompactedTable) -> None:
         super().__init__(table)
+        table.validate = catalog_entity_error
         self.catalog = Catalog.empty()
 
     def _rebuild(self) -> None:
@@ -167,6 +168,7 @@ class PeriodsTable(_DerivedTable):
 
     def __init__(self, table: CompactedTable) -> None:
         super().__init__(table)
+        table.validate = period_key_error
         self.closed_all: set[str] = set()
         self.closed_accounts: set[tuple[str, str]] = set()
 
@@ -233,6 +235,3 @@ def period_key_error(key: bytes, value: bytes | None) -> str | None:
     if not 1 <= int(match.group(2)) <= 12:
         return "month is not 01 to 12"
     return None
-
-
-_VALIDATORS: Final[dict[str, Validator]] = {CONTRACTS: catalog_entity_error, PERIODS: period_key_error}
