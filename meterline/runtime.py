@@ -155,9 +155,9 @@ class StageRunner:
                 self._txn.flush(10)
 
     def _failed(self, exc: FatalKafkaError) -> FatalKafkaError:
+        """/healthz says why at once; the caller logs it (meterline.workers: one line) and exits."""
         HEALTH.fail(exc.reason)
         metrics.READY.labels(self.stage).set(0)
-        self._log.error("stage_failed", reason=exc.reason)
         return exc
 
     def _records(self, messages: list[Message]) -> list[InputRecord]:

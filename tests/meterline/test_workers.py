@@ -40,5 +40,6 @@ def test_stored_offsets_past_the_end_stop_the_worker(fresh_broker: EmbeddedBroke
     events = [json.loads(line) for line in output.splitlines() if line.strip()]  # JSON lines only
     fatal = [e for e in events if e["event"] == "worker_fatal"]
     assert len(fatal) == 1
+    assert [e["event"] for e in events if e["level"] == "error"] == ["worker_fatal"]
     assert f"{MEDIATED}[0] at 51 (end 0)" in fatal[0]["reason"]
     assert fatal[0]["level"] == "error" and fatal[0]["stage"] == "rating"
