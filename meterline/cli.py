@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from meterline.catalog_file import CatalogError
+from meterline.catalog_read import CatalogError
+from meterline.command_errors import CommandFailed, UserError
 from meterline.config import ConfigError, Settings, load_settings
 from meterline.logs import configure_logging
 
@@ -24,7 +25,7 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """Bad command-line use."""
 
 
@@ -338,19 +339,16 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from meterline.pipeline import OutputExists
-    from meterline.publish import InputError, PublishError, RemovalRefused
-
     try:
         args = build_parser().parse_args(argv)
         if args.command not in ("mediation", "rating", "consolidation"):
             # Commands that print results keep stdout for them; logs go to stderr, warnings only.
             configure_logging("warning")
         return dispatch(args)
-    except (UsageError, ConfigError, InputError, CatalogError, OutputExists, RemovalRefused) as exc:
+    except (UsageError, UserError, ConfigError, CatalogError) as exc:
         print(f"meterline: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except PublishError as exc:  # unreachable broker, undelivered records
+    except CommandFailed as exc:  # unreachable broker, undelivered records
         print(f"meterline: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

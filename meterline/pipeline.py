@@ -29,6 +29,7 @@ from consolidation.store import BillingStore
 from meterline.broker import EmbeddedBroker
 from meterline.catalog import Catalog
 from meterline.catalog_file import load_catalog
+from meterline.command_errors import UserError
 from meterline.config import RawTopic, Settings, settings_to_toml
 from meterline.progress import StatsReader, Totals, drained
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
@@ -39,7 +40,7 @@ class PipelineError(RuntimeError):
     """The pipeline could not finish (a worker died, or the run timed out)."""
 
 
-class OutputExists(ValueError):
+class OutputExists(UserError):
     """--out holds the outputs of an earlier run and --overwrite was not given."""
 
 

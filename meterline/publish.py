@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from mediation.formats import FORMATS, account_of
 from meterline.catalog_changes import accounts_of_entities, blocked_removals, describe
 from meterline.catalog_file import catalog_entities, parse_catalog, read_catalog_document, validate_document
+from meterline.command_errors import CommandFailed, UserError
 from meterline.config import Settings
 from meterline.dlq import TRUNCATED_HEADER, max_bytes_of, record_size
 from meterline.kafka_config import client_config, plain_producer_config, transactional_producer_config
@@ -38,11 +39,11 @@ DELIVERY_TIMEOUT_S: Final = 60.0
 _PERIOD: Final = re.compile(r"^(\d{4})-(\d{2})$")
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """An input argument or file a user got wrong."""
 
 
-class PublishError(RuntimeError):
+class PublishError(CommandFailed):
     """A command could not do what it was asked; `str()` is the one line to show."""
 
 
@@ -54,7 +55,7 @@ class DeliveryError(PublishError):
     """Some produced records were not acknowledged by the broker."""
 
 
-class RemovalRefused(PublishError):
+class RemovalRefused(UserError):
     """A catalog would remove accounts or contracts that may have usage in an open period."""
 
 

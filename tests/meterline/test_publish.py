@@ -272,3 +272,32 @@ def test_unchanged_catalog_publishes_nothing_new(fresh_broker: EmbeddedBroker) -
     before = len(read_topic(settings.bootstrap_servers, CONTRACTS))
     publish_catalog(settings, FLAT)
     assert len(read_topic(settings.bootstrap_servers, CONTRACTS)) == before
+
+
+@pytest.mark.integration
+def test_records_the_broker_refuses_fail_the_command(broker: EmbeddedBroker) -> None:
+    result = meterline(
+        "produce", str(DATA / "events.jsonl"), "--topic", "bad topic!",
+        "--bootstrap-servers", broker.bootstrap_servers,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert (
+        result.stderr.strip()
+        == "meterline: 8 of 8 records were not delivered to bad topic!: Broker: Invalid topic"
+    )
+
+
+@pytest.mark.integration
+def test_the_prefix_fits_a_configured_limit(fresh_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    line = b'{"event_id": "big", "pad": "' + b"y" * 300_000 + b'"}'
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(line + b"\n")
+    settings = Settings(
+        bootstrap_servers=fresh_broker.bootstrap_servers, partitions=1, kafka={"message.max.bytes": "200000"}
+    )
+    assert produce_inputs(settings, [InputFile(path, "json")]) == 1
+    (record,) = read_topic(fresh_broker.bootstrap_servers, "meterline.raw")
+    assert dict(record.headers())[TRUNCATED_HEADER] == str(len(line)).encode()
+    assert line.startswith(record.value())
+    assert 199_000 < len(record.value()) < 200_000
