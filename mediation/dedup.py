@@ -1,5 +1,8 @@
 """Exact deduplication on (account_id, event_id), remembered per billing period (pure).
 
+A key is held by the one copy of an event that was accepted, under that copy's period, and
+a later copy is a duplicate whatever its own timestamp: lookups span every period held.
+
 A month of a large platform's keys must fit in memory, so keys are 16-byte
 BLAKE2b digests (collision odds ~1e-25 at 5M keys) kept in a sorted numpy array
 per period (16 bytes a key), plus a small set of recent keys that is merged into
@@ -55,40 +58,17 @@ class PeriodKeys:
         if len(self.recent) > max(_MIN_RECENT, len(self.frozen) // 4):
             self.compact()
 
-    def admit(self, keys: list[bytes]) -> list[bool]:
-        """For each key in order: True if new (and now remembered), False if seen before."""
+    def in_frozen(self, probes: npt.NDArray[np.bytes_]) -> npt.NDArray[np.bool_] | None:
+        """Which probes the sorted array holds (None when it is empty); `recent` is not consulted."""
         self._merge_pending()
         frozen = self.frozen
-        if len(frozen):
-            probes = np.array(keys, dtype=_DTYPE)
-            index = np.searchsorted(frozen, probes)
-            found = frozen[np.minimum(index, len(frozen) - 1)] == probes
-            in_frozen = (found & (index < len(frozen))).tolist()
-        else:
-            in_frozen = [False] * len(keys)
-        recent = self.recent
-        verdicts = []
-        for key, old in zip(keys, in_frozen, strict=True):
-            if old or key in recent:
-                verdicts.append(False)
-            else:
-                recent.add(key)
-                verdicts.append(True)
-        if len(recent) > max(_MIN_RECENT, len(frozen) // 4):
-            self.compact()
-        return verdicts
-
-    def discard(self, key: bytes) -> None:
-        """Forget one key (a record that failed after its key was admitted gives it back)."""
-        if key in self.recent:
-            self.recent.discard(key)
-            return
-        self._merge_pending()
-        frozen = self.frozen
-        probe = np.array([key], dtype=_DTYPE)
-        index = int(np.searchsorted(frozen, probe)[0])
-        if index < len(frozen) and bool(frozen[index : index + 1] == probe):
-            self.frozen = np.delete(frozen, index)
+        if not len(frozen):
+            return None
+        index = np.searchsorted(frozen, probes)
+        found: npt.NDArray[np.bool_] = (frozen[np.minimum(index, len(frozen) - 1)] == probes) & (
+            index < len(frozen)
+        )
+        return found
 
     def add_block(self, block: bytes) -> None:
         """Keys restored from a changelog block (concatenated digests); merged lazily."""
@@ -124,34 +104,51 @@ class SeenSet:
     def __len__(self) -> int:
         return sum(len(keys) for keys in self.by_period.values())
 
-    def add_if_new(self, key: bytes, period: str) -> bool:
-        """True if the key was not seen yet (and is now remembered)."""
+    def held(self, keys: list[bytes]) -> list[bool]:
+        """For each key, whether a copy holds it in any period (one vectorized search per period)."""
+        verdicts = [False] * len(keys)
+        if not keys or not self.by_period:
+            return verdicts
+        probes = np.array(keys, dtype=_DTYPE)
+        in_any: npt.NDArray[np.bool_] | None = None
+        recents: list[set[bytes]] = []
+        for period_keys in self.by_period.values():
+            found = period_keys.in_frozen(probes)
+            if found is not None:
+                in_any = found if in_any is None else in_any | found
+            if period_keys.recent:
+                recents.append(period_keys.recent)
+        if in_any is not None:
+            verdicts = in_any.tolist()
+        if recents:
+            for i, key in enumerate(keys):
+                if not verdicts[i]:
+                    for recent in recents:
+                        if key in recent:
+                            verdicts[i] = True
+                            break
+        return verdicts
+
+    def take(self, key: bytes, period: str) -> None:
+        """Remember a key as held by an accepted copy of `period` (held() said nobody holds it)."""
         keys = self.by_period.get(period)
         if keys is None:
             keys = self.by_period[period] = PeriodKeys()
-        elif key in keys:
-            return False
         keys.add(key)
-        return True
 
     def admit(self, keys: list[bytes], periods: list[str]) -> list[bool]:
-        """Batched add_if_new: one verdict per key, in order (a repeat within the batch is a duplicate)."""
-        verdicts = [False] * len(keys)
-        by_period: dict[str, list[int]] = {}
-        for i, period in enumerate(periods):
-            by_period.setdefault(period, []).append(i)
-        for period, indices in by_period.items():
-            period_keys = self.by_period.get(period)
-            if period_keys is None:
-                period_keys = self.by_period[period] = PeriodKeys()
-            for i, verdict in zip(indices, period_keys.admit([keys[i] for i in indices]), strict=True):
-                verdicts[i] = verdict
+        """Take each key nobody holds yet, in order, under its period: True if taken, False if
+        already held (in any period, or by an earlier key of the same call)."""
+        verdicts = self.held(keys)
+        taken: set[bytes] = set()
+        for i, key in enumerate(keys):
+            if verdicts[i] or key in taken:
+                verdicts[i] = False
+            else:
+                taken.add(key)
+                self.take(key, periods[i])
+                verdicts[i] = True
         return verdicts
-
-    def discard(self, key: bytes, period: str) -> None:
-        keys = self.by_period.get(period)
-        if keys is not None:
-            keys.discard(key)
 
     def add_block(self, period: str, block: bytes) -> None:
         keys = self.by_period.get(period)

@@ -1,4 +1,5 @@
-"""Enrichment: attach the contract in effect, its plan, currency and billing period (pure)."""
+"""Enrichment: attach the contract in effect, its plan, currency and billing period, once a
+charge of the plan is known to rate the event (pure)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from meterline.reasons import (
     Rejected,
 )
 from meterline.records import UsageEvent
+from rating.charges import MeterCharges, no_matching_charge
+
+# The candidate charges per (plan, meter), built once per batch by the caller.
+ChargeCache = dict[tuple[str, str], MeterCharges]
 
 
 def local_time(event: UsageEvent, catalog: Catalog) -> tuple[Account | None, datetime]:
@@ -49,16 +54,19 @@ def period_of(local: datetime) -> str:
     return period
 
 
-def dedup_bucket(local: datetime) -> str:
-    """The period a dedup key is remembered under: the month of the event's local time."""
-    return period_of(local)
-
-
-def enrich(event: UsageEvent, catalog: Catalog, account: Account | None, local: datetime) -> UsageEvent:
+def enrich(
+    event: UsageEvent,
+    catalog: Catalog,
+    account: Account | None,
+    local: datetime,
+    charges: ChargeCache | None = None,
+) -> UsageEvent:
     """The event with contract, plan, currency and period; raises Rejected otherwise.
 
     `account` and `local` come from `local_time` (computed once per event, shared with dedup).
-    Precedence follows DESIGN.md §4: unknown_account, no_contract_in_effect, unknown_meter.
+    Precedence: unknown_account, no_contract_in_effect, unknown_meter, no_matching_charge
+    (decided here with the charge selection rating uses, so that only an event some charge
+    rates is accepted, and holds its dedup key).
     """
     if account is None or not account.contracts:
         raise Rejected(UNKNOWN_ACCOUNT, f"account {event.account_id!r} is not in the catalog")
@@ -68,6 +76,13 @@ def enrich(event: UsageEvent, catalog: Catalog, account: Account | None, local: 
     if event.meter not in catalog.meters:
         raise Rejected(UNKNOWN_METER, f"meter {event.meter!r} is not in the catalog")
     plan = catalog.plans[contract.plan_id]
+    if charges is None:
+        charges = {}
+    candidates = charges.get((plan.id, event.meter))
+    if candidates is None:
+        candidates = charges[(plan.id, event.meter)] = MeterCharges(plan, event.meter)
+    if candidates.first_match(event, local) < 0:
+        raise no_matching_charge(plan.id, event)
     # Built directly rather than with dataclasses.replace, which costs several times more per event.
     return UsageEvent(
         event.event_id,

@@ -6,7 +6,12 @@ Two steps share one process and one transaction:
   DLQ, forward valid events to the repartition topic keyed by account, carrying
   the original bytes and their origin in headers;
 - keyed step (repartition topic, or raw topics keyed by account): dedup on
-  (account_id, event_id) with durable state, enrich, emit to the mediated topic.
+  (account_id, event_id) with durable state, enrich (contract, plan, period, and a
+  charge that rates the event), emit to the mediated topic.
+
+A dedup key is taken only by a copy that is emitted: a copy rejected by enrichment,
+charge matching or a closed period holds none, so a corrected copy is mediated. A copy
+whose key is held, in whatever period, is a duplicate.
 
 Dedup state reaches the changelog as one block per batch, partition and period
 (the batch's new keys, concatenated), not one record per key; when a period is
@@ -22,7 +27,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 from mediation.dedup import SeenSet, dedup_key
-from mediation.enrich import dedup_bucket, enrich, local_time
+from mediation.enrich import ChargeCache, enrich, local_time
 from mediation.formats import parse_record
 from meterline import metrics
 from meterline.catalog import Account
@@ -232,66 +237,62 @@ class MediationProcessor:
         catalog = self.contracts.catalog
         counts = result.counts[tp]
         seen = self.seen.setdefault(tp, SeenSet())
-        admitted: list[_Keyed] = []
+        located: list[_Keyed] = []
         keys: list[bytes] = []
-        buckets: list[str] = []
-        located: list[tuple[Account | None, datetime]] = []
+        locals_: list[tuple[Account | None, datetime]] = []
         for item in items:
             try:
                 key = dedup_key(item.event.account_id, item.event.event_id)
-                account, local = local_time(item.event, catalog)
-                bucket = dedup_bucket(local)
+                where = local_time(item.event, catalog)
             except Exception as exc:  # invalid_timestamp (no local time), or containment
                 rejection = exc if isinstance(exc, Rejected) else internal_error(exc)
                 self._reject(rejection, item.record, item.original, item.origin, counts, result)
                 continue
-            admitted.append(item)
+            located.append(item)
             keys.append(key)
-            buckets.append(bucket)
-            located.append((account, local))
-        verdicts = seen.admit(keys, buckets) if keys else []
+            locals_.append(where)
+        # One lookup for the batch; keys taken by this batch's accepted copies are in `taken`.
+        held = seen.held(keys)
+        taken: set[bytes] = set()
         new_keys: dict[str, list[bytes]] = {}
-        # Keys given back by a copy that failed; a later copy in the batch takes its place.
-        released: set[tuple[bytes, str]] = set()
+        charges: ChargeCache = {}
         duplicates = 0
-        for item, key, bucket, new, (account, local) in zip(
-            admitted, keys, buckets, verdicts, located, strict=True
-        ):
-            if not new and (key, bucket) in released:
-                released.discard((key, bucket))
-                new = seen.admit([key], [bucket])[0]
-            if not new:
+        for index, item in enumerate(located):
+            key = keys[index]
+            if held[index] or key in taken:
                 duplicates += 1
                 continue
-            if self._enrich_one(item, account, local, counts, result):
-                new_keys.setdefault(bucket, []).append(key)
-            else:  # failed unexpectedly: the key must not stay held by a record nobody emitted
-                seen.discard(key, bucket)
-                released.add((key, bucket))
+            account, local = locals_[index]
+            period = self._enrich_one(item, account, local, charges, counts, result)
+            if period is not None:  # accepted: its key is held from now on, under its period
+                taken.add(key)
+                seen.take(key, period)
+                new_keys.setdefault(period, []).append(key)
         if duplicates:
             counts["duplicates"] += duplicates
             metrics.DEDUPLICATED.labels(STAGE).inc(duplicates)
         last = str(items[-1].record.offset).encode()
         blocks = self.blocks.setdefault(tp, {})
         changelog = result.changelog.setdefault(tp, [])
-        for bucket, block in new_keys.items():
-            block_key = BLOCK + bucket.encode() + b"\x1f" + last
+        for period, block in new_keys.items():
+            block_key = BLOCK + period.encode() + b"\x1f" + last
             changelog.append((block_key, b"".join(block)))
-            blocks.setdefault(bucket, []).append(block_key)
+            blocks.setdefault(period, []).append(block_key)
 
     def _enrich_one(
         self,
         item: _Keyed,
         account: Account | None,
         local: datetime,
+        charges: ChargeCache,
         counts: Counter[str],
         result: BatchResult,
-    ) -> bool:
-        """Enrich and emit one new event, or reject it; False if it failed unexpectedly
-        (then it went to the DLQ as internal_error and must not hold its dedup key)."""
+    ) -> str | None:
+        """Enrich and emit one event whose key nobody holds: its period if it was emitted
+        (then it takes the key), None if it went to the DLQ (then it takes none)."""
         record = item.record
         try:
-            enriched = enrich(item.event, self.contracts.catalog, account, local)
+            enriched = enrich(item.event, self.contracts.catalog, account, local, charges)
             if self.periods.is_closed(enriched.account_id, enriched.period):
                 raise Rejected(PERIOD_CLOSED, f"period {enriched.period} of {enriched.account_id!r} is final")
             position = (record.topic, record.partition, record.offset)
@@ -304,17 +305,15 @@ class MediationProcessor:
             ]
             key, partition = _route(enriched.account_id, self.partitions)
             output = OutputRecord(MEDIATED, encode_usage(enriched), key, partition, headers)
-        except Rejected as rejection:
+        except Exception as exc:  # a rejection, or containment: one record never stops the stage
+            rejection = exc if isinstance(exc, Rejected) else internal_error(exc)
             self._reject(rejection, record, item.original, item.origin, counts, result)
-            return True
-        except Exception as exc:  # containment: one record never stops the stage
-            self._reject(internal_error(exc), record, item.original, item.origin, counts, result)
-            return False
+            return None
         counts["mediated"] += 1
         if result.newest_event_time is None or enriched.event_time > result.newest_event_time:
             result.newest_event_time = enriched.event_time
         result.outputs.append(output)
-        return True
+        return enriched.period
 
     def _reject(
         self,

@@ -39,8 +39,8 @@ REASONS: Final = (
     INTERNAL_ERROR,
 )
 
-# Reasons decided before deduplication: such records never enter the seen-set,
-# so a corrected re-send is accepted.
+# Reasons decided before deduplication. No rejected record holds a dedup key (only an
+# accepted one does), whatever its reason, so a corrected re-send is accepted.
 VALIDATION_REASONS: Final = frozenset(REASONS[:7])
 
 

@@ -9,7 +9,30 @@ from __future__ import annotations
 from datetime import datetime
 
 from meterline.catalog import Charge, ChargeFilters, LocalTimeWindow, Plan
+from meterline.reasons import NO_MATCHING_CHARGE, Rejected
 from meterline.records import UsageEvent
+
+
+class MeterCharges:
+    """The charges of one plan for one meter, in plan order: the candidates for its events.
+
+    The one place that decides which charge rates an event: mediation rejects an event
+    none matches (no_matching_charge), rating prices it with the one that does.
+    """
+
+    __slots__ = ("charges", "needs_local_time")
+
+    def __init__(self, plan: Plan, meter: str) -> None:
+        self.charges: tuple[Charge, ...] = tuple(c for c in plan.charges if c.meter == meter)
+        # The local time only matters to local_time filters: callers convert only when one is there.
+        self.needs_local_time: bool = any(c.filters.local_time is not None for c in self.charges)
+
+    def first_match(self, event: UsageEvent, local_time: datetime) -> int:
+        """Index in `charges` of the first whose filters accept the event; -1 if none does."""
+        for index, charge in enumerate(self.charges):
+            if filters_match(charge.filters, event, local_time):
+                return index
+        return -1
 
 
 def select_charge(plan: Plan, event: UsageEvent, local_time: datetime) -> Charge | None:
@@ -17,10 +40,16 @@ def select_charge(plan: Plan, event: UsageEvent, local_time: datetime) -> Charge
 
     `local_time` is the event's instant already converted to the account's zone.
     """
-    for charge in plan.charges:
-        if charge.meter == event.meter and filters_match(charge.filters, event, local_time):
-            return charge
-    return None
+    candidates = MeterCharges(plan, event.meter)
+    index = candidates.first_match(event, local_time)
+    return None if index < 0 else candidates.charges[index]
+
+
+def no_matching_charge(plan_id: str, event: UsageEvent) -> Rejected:
+    return Rejected(
+        NO_MATCHING_CHARGE,
+        f"no charge of plan {plan_id!r} for meter {event.meter!r} matches event {event.event_id!r}",
+    )
 
 
 def filters_match(filters: ChargeFilters, event: UsageEvent, local_time: datetime) -> bool:

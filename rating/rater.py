@@ -30,7 +30,7 @@ from meterline.reasons import (
     internal_error,
 )
 from meterline.records import RatedUsage, UsageEvent, invoice_id_for
-from rating.charges import filters_match
+from rating.charges import MeterCharges, no_matching_charge
 from rating.pricing import (
     ZERO,
     PriceSchedule,
@@ -214,25 +214,24 @@ class _Rater:
         return rated
 
     def _charge(self, plan: Plan, event: UsageEvent, zone: ZoneInfo) -> tuple[Charge, PriceSchedule]:
-        """The first charge of the plan that matches the event (select_charge), with its schedule."""
+        """The first charge of the plan that matches the event (MeterCharges), with its schedule."""
         found = self.candidates.get((plan.id, event.meter))
         if found is None:
             found = self.candidates[(plan.id, event.meter)] = _Candidates.of(plan, event.meter)
         # The local time only matters to local_time filters: convert only when one is there.
         local_time = event.event_time
-        if found.needs_local_time:
+        if found.choice.needs_local_time:
             try:
                 local_time = event.event_time.astimezone(zone)
             except OverflowError:  # within hours of datetime's range end (mediation lets none through)
                 detail = f"{event.event_time.isoformat()} has no local time in {zone.key}"
                 raise Rejected(INVALID_TIMESTAMP, detail) from None
-        for charge, schedule in found.charges:
-            if filters_match(charge.filters, event, local_time):
-                return charge, schedule
-        raise Rejected(
-            NO_MATCHING_CHARGE,
-            f"no charge of plan {plan.id!r} for meter {event.meter!r} matches event {event.event_id!r}",
-        )
+        # Mediation rejected every event no charge matched; one can still fail here when the
+        # catalog changed between the stages.
+        index = found.choice.first_match(event, local_time)
+        if index < 0:
+            raise no_matching_charge(plan.id, event)
+        return found.choice.charges[index], found.schedules[index]
 
     def _meter(self, event: UsageEvent) -> Meter:
         meter = self.catalog.meters.get(event.meter)
@@ -267,10 +266,10 @@ class _Rater:
 class _Candidates:
     """The charges of a plan for one meter, in plan order, with their price schedules."""
 
-    charges: tuple[tuple[Charge, PriceSchedule], ...]
-    needs_local_time: bool
+    choice: MeterCharges
+    schedules: tuple[PriceSchedule, ...]
 
     @classmethod
     def of(cls, plan: Plan, meter: str) -> _Candidates:
-        charges = tuple((c, schedule_for(c)) for c in plan.charges if c.meter == meter)
-        return cls(charges, any(c.filters.local_time is not None for c, _ in charges))
+        choice = MeterCharges(plan, meter)
+        return cls(choice, tuple(schedule_for(c) for c in choice.charges))
