@@ -154,3 +154,21 @@ def test_contracts_publish_help_explains_the_removal_rule() -> None:
 def test_run_help_mentions_overwrite() -> None:
     text = " ".join(meterline("run", "--help").stdout.split())
     assert "--overwrite" in text and "earlier run" in text
+
+
+@pytest.mark.integration
+def test_demo_replaces_its_own_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = meterline("demo", "--accounts", "3", "--events", "200", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    (out / "notes.txt").write_text("mine")
+    second = meterline("demo", "--accounts", "3", "--events", "200", "--out", str(out))
+    assert second.returncode == 0, second.stderr
+    summary = [
+        line for line in first.stdout.splitlines() if line.startswith(("events_in", "rated", "invoices"))
+    ]
+    assert summary == [
+        line for line in second.stdout.splitlines() if line.startswith(("events_in", "rated", "invoices"))
+    ]
+    assert "reconciliation" in second.stdout and "MISMATCH" not in second.stdout
+    assert (out / "notes.txt").read_text() == "mine"
