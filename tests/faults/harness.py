@@ -141,6 +141,8 @@ class FaultPipeline:
         self.restarts = 0
         self.stopped = False
         self.feeder: Feeder | None = None
+        self.keep_going = False
+        self.deaths: list[str] = []
 
     # -- inputs ----------------------------------------------------------------
 
@@ -194,14 +196,21 @@ class FaultPipeline:
         self.process(stage, instance).send_signal(signal.SIGCONT)
 
     def check_alive(self) -> None:
+        """A worker that exited fails the test, or with `keep_going` is noted in `deaths`
+        (while another process of its stage runs on)."""
         for stage, instance in sorted(self.alive):
             process = self.process(stage, instance)
             if process.poll() is not None:
                 log = self.out / "logs" / self.workers(instance).log_name.format(stage=stage)
-                raise AssertionError(
+                death = (
                     f"the {stage} worker (instance {instance}) exited with {process.returncode}; "
                     f"{log}: {last_error(log)}"
                 )
+                others = [i for s, i in self.alive if s == stage and i != instance]
+                if not self.keep_going or not others:
+                    raise AssertionError(death)
+                self.deaths.append(death)
+                self.alive.discard((stage, instance))
 
     # -- progress --------------------------------------------------------------
 
