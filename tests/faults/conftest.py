@@ -66,8 +66,9 @@ def fault(request: pytest.FixtureRequest, fault_results: list[FaultResult]) -> I
 
 @pytest.fixture
 def stallable_broker() -> Iterator[StallableBroker]:
-    with StallableBroker() as running:
-        yield running
+    broker = StallableBroker()
+    with broker:
+        yield broker
 
 
 @dataclass(frozen=True)

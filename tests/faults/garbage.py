@@ -77,7 +77,7 @@ def _without_local_constants() -> Iterator[None]:
     if original is None:  # pragma: no cover
         yield
         return
-    empty = providers.Constants()
+    empty = providers.Constants()  # type: ignore[attr-defined]
     providers._get_local_constants = lambda: empty
     providers.CONSTANTS_CACHE.cache.clear()
     try:

@@ -74,7 +74,7 @@ class Mutator:
 
         def only(event: dict[str, Any]) -> bool:
             if fmt == "asterisk-csv":
-                return event["meter"] == "voice"
+                return bool(event["meter"] == "voice")
             return not measured or (self.bases.aggregation(event) == "sum" and "quantity" in event)
 
         event = self.bases.pick(self.rng, number, only)
