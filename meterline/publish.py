@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -265,8 +266,6 @@ def produce_inputs(
         quiet(
             {
                 **plain_producer_config(settings.bootstrap_servers, settings.kafka),
-                "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
-                **settings.kafka,
                 "on_delivery": delivered,
                 "delivery.report.only.error": True,
             },
@@ -287,12 +286,15 @@ def produce_inputs(
             record_headers = headers
             if len(record) > fits:
                 record, key, record_headers = _fit(record, key, headers, max_bytes)
-            while True:
+            while not failures:
                 try:
                     producer.produce(topic, value=record, key=key, headers=record_headers)
                     break
-                except BufferError:
-                    producer.poll(0.05)
+                except BufferError:  # the queue is full: wait for acknowledgements
+                    if not _drain(producer, len(producer) - 1, failures):
+                        _fail(producer, count, topic, failures, errors)
+            else:
+                break
             count += 1
             if count % 50000 == 0:
                 producer.poll(0)
@@ -319,18 +321,45 @@ def _fit(
     return record[:room], key, cut
 
 
+def _drain(producer: Producer, most: int, failures: list[KafkaError]) -> bool:
+    """Serve acknowledgements until at most `most` records wait, or a delivery fails.
+
+    False when none was acknowledged for DELIVERY_TIMEOUT_S: a large queue may take a
+    while, but a broker that has stopped acknowledging is given up on.
+    """
+    waiting = len(producer)
+    since = time.monotonic()
+    while waiting > most and not failures:
+        producer.poll(0.05)
+        now_waiting = len(producer)
+        if now_waiting < waiting:
+            waiting, since = now_waiting, time.monotonic()
+        elif time.monotonic() - since > DELIVERY_TIMEOUT_S:
+            return False
+    return True
+
+
 def _await_delivery(
     producer: Producer, count: int, topic: str, failures: list[KafkaError], errors: ClientErrors
 ) -> None:
     """Wait for every acknowledgement; DeliveryError (after dropping the rest) if any is missing."""
-    pending = producer.flush(DELIVERY_TIMEOUT_S)
-    if not pending and not failures:
+    if _drain(producer, 0, failures) and not failures:
         return
-    undelivered = max(pending + len(failures), 1)
-    producer.purge()
+    _fail(producer, count, topic, failures, errors)
+
+
+def _fail(
+    producer: Producer, count: int, topic: str, failures: list[KafkaError], errors: ClientErrors
+) -> NoReturn:
+    undelivered = max(len(producer) + len(failures), 1)
+    if failures:
+        why = f": {failures[0].str()}"
+    else:
+        why = f": no acknowledgement for {DELIVERY_TIMEOUT_S:.0f}s"
+        if errors.last is not None:
+            why += f" ({errors.last.str()})"
+    producer.purge()  # what is left will not be sent once the command has failed
     producer.flush(0)
-    reason = failures[0] if failures else errors.last
-    why = f": {reason.str()}" if isinstance(reason, KafkaError) else f" within {DELIVERY_TIMEOUT_S:.0f}s"
     raise DeliveryError(f"{undelivered:,} of {count:,} records were not delivered to {topic}{why}")
 
 

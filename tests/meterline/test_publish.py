@@ -301,3 +301,24 @@ def test_the_prefix_fits_a_configured_limit(fresh_broker: EmbeddedBroker, tmp_pa
     assert dict(record.headers())[TRUNCATED_HEADER] == str(len(line)).encode()
     assert line.startswith(record.value())
     assert 199_000 < len(record.value()) < 200_000
+
+
+@pytest.mark.integration
+def test_a_broker_lost_mid_produce_fails_the_command(
+    fresh_broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meterline.publish
+
+    monkeypatch.setattr(meterline.publish, "DELIVERY_TIMEOUT_S", 3.0)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(b'{"event_id": "e%d"}\n' % i for i in range(60_000)))
+    settings = Settings(bootstrap_servers=fresh_broker.bootstrap_servers, partitions=1)
+
+    def stop_broker(count: int) -> None:
+        fresh_broker.stop()  # after 50,000 records: the last 10,000 cannot be delivered
+
+    with pytest.raises(meterline.publish.DeliveryError) as failed:
+        produce_inputs(settings, [InputFile(path, "json")], on_progress=stop_broker)
+    message = str(failed.value)
+    assert "of 60,000 records were not delivered to meterline.raw: no acknowledgement for 3s" in message
+    assert int(message.split(" of ")[0].replace(",", "")) >= 10_000
