@@ -7,10 +7,16 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from meterline.catalog import Charge, ChargeFilters, LocalTimeWindow, Plan
+from mediation.enrich import enrich, local_time
+from meterline.catalog import Charge, ChargeFilters, LocalTimeWindow, Meter, Plan
+from meterline.reasons import NO_MATCHING_CHARGE, Rejected
+from meterline.records import UsageEvent
 from rating.charges import filters_match, in_window, select_charge
-from tests.strategies import usage_event
+from rating.rater import RatingState, rate
+from tests.strategies import ACCOUNT_ID, PLAN_ID, catalog_with, usage_event
 
 MON, TUE, WED, THU, FRI, SAT, SUN = range(7)
 WEEKDAYS = frozenset({MON, TUE, WED, THU, FRI})
@@ -124,3 +130,50 @@ def test_local_time_follows_the_account_zone_across_a_dst_change() -> None:
         select_charge(plan, usage_event(meter="voice", event_time=sunday), sunday.astimezone(NEW_YORK))
         is None
     )
+
+
+# --------------------------------------------------------------------------- one selection, two stages
+
+REGIONS = ("eu-west", "us-east", "ap")
+HOURS = list(range(24))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    regions=st.lists(st.sets(st.sampled_from(REGIONS), min_size=1), min_size=0, max_size=3),
+    windows=st.lists(st.one_of(st.none(), st.tuples(st.sampled_from(HOURS), st.sampled_from(HOURS)))),
+    region=st.sampled_from((*REGIONS, None)),
+    hour=st.sampled_from(HOURS),
+)
+def test_mediation_rejects_exactly_what_rating_cannot_rate(
+    regions: list[set[str]], windows: list[tuple[int, int] | None], region: str | None, hour: int
+) -> None:
+    # no_matching_charge is decided in mediation, with the selection rating prices with: an
+    # event mediation accepts is rated by the charge rating picks, and one it rejects has none.
+    charges = tuple(
+        flat(
+            f"c{i}",
+            attributes={"region": frozenset(allowed)},
+            local_time=(
+                LocalTimeWindow(None, time(window[0]), time(window[1]))
+                if i < len(windows) and (window := windows[i]) is not None
+                else None
+            ),
+        )
+        for i, allowed in enumerate(regions)
+    )
+    catalog = catalog_with([Meter("storage", "GB", "sum")], charges, timezone="America/New_York")
+    instant = datetime(2026, 3, 4, hour, 30, tzinfo=UTC)
+    raw = UsageEvent("e1", ACCOUNT_ID, "storage", Decimal(1), instant, {"region": region} if region else {})
+    account, local = local_time(raw, catalog)
+    chosen = select_charge(catalog.plans[PLAN_ID], raw, local)
+    try:
+        enriched = enrich(raw, catalog, account, local)
+    except Rejected as rejection:
+        assert (rejection.reason, chosen) == (NO_MATCHING_CHARGE, None)
+        with pytest.raises(Rejected, match=NO_MATCHING_CHARGE):  # rating's defensive check agrees
+            rate(RatingState(), usage_event(meter="storage", event_time=instant, attributes=raw.attributes),
+                 catalog)  # fmt: skip
+        return
+    assert chosen is not None
+    assert rate(RatingState(), enriched, catalog).charge_id == chosen.id
