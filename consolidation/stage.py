@@ -14,6 +14,8 @@ loop, in order:
     5. one DuckDB transaction: usage_totals upserts + consumed positions
     6. publish progress, report health and lag, compact the partitions' files;
        refresh open drafts every preview interval
+    7. rejected records of every stage (the DLQ, a consumer of its own) into
+       rejected_events, with their DLQ offsets (consolidation.rejected_feed)
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from consolidation.batch import STAGE, Batch, build_writable_batch
 from consolidation.closing import accounts_active_in, finalize_period, refresh_previews
 from consolidation.compaction import compact_partition
 from consolidation.dead_letters import DeadLetterSender, Undelivered
+from consolidation.errors import ConsumeErrors, StoredOffsetsPastEndError
 from consolidation.errors import FatalStageError as FatalStageError
-from consolidation.errors import StoredOffsetsPastEndError
+from consolidation.rejected_feed import RejectedFeed
 from consolidation.store import BillingStore, Position
 from meterline import metrics
 from meterline.catalog import period_bounds, period_start_instant
@@ -62,20 +65,7 @@ from meterline.topics import PERIODS, RATED, STATS
 log = structlog.get_logger()
 
 _PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
-# Errors after which going on would lose or skip records: the worker stops.
-_FATAL_CODES = frozenset(
-    {
-        KafkaError.TOPIC_AUTHORIZATION_FAILED,
-        KafkaError.GROUP_AUTHORIZATION_FAILED,
-        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-        KafkaError.OFFSET_OUT_OF_RANGE,
-        KafkaError._AUTO_OFFSET_RESET,
-    }
-)
-_UNKNOWN_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
 _BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
-# How long a topic may stay unknown (metadata catching up) before that is fatal.
-UNKNOWN_TOPIC_GRACE_S = 30.0
 # How often an idle loop asks the broker for metadata, to tell idle from cut off.
 IDLE_CHECK_S = 5.0
 
@@ -101,7 +91,7 @@ class Consolidator:
         self._final: set[tuple[str, str]] = store.final_keys()
         self._stopping = False
         self._fatal: FatalStageError | None = None
-        self._unknown_topic_since: float | None = None
+        self._errors = ConsumeErrors(RATED)
         s = settings
         self._producer = Producer(
             {**plain_producer_config(s.bootstrap_servers, s.kafka), "error_cb": self._client_error}
@@ -116,6 +106,7 @@ class Consolidator:
                 **{"auto.offset.reset": "error", "error_cb": self._client_error},
             )
         )
+        self._rejected = RejectedFeed(s, store, lambda: self.contracts.catalog, self._client_error)
 
     def request_stop(self, *_: object) -> None:
         self._stopping = True
@@ -133,6 +124,7 @@ class Consolidator:
         self._consumer.subscribe(
             [RATED], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
+        self._rejected.start()
         HEALTH.start(STAGE)
         self._apply_closes()
         metrics.READY.labels(STAGE).set(1)
@@ -151,6 +143,7 @@ class Consolidator:
                 elif time.monotonic() - last_check >= IDLE_CHECK_S:
                     self._idle_check()
                     last_check = time.monotonic()
+                self._rejected.step()
                 if time.monotonic() - last_preview >= s.preview_interval_s:
                     self._refresh_previews()
                     last_preview = time.monotonic()
@@ -160,6 +153,7 @@ class Consolidator:
             self._refresh_previews()
         finally:
             self._consumer.close()
+            self._rejected.close()
             self._producer.flush(10)
             log.info("stage_stopped")
 
@@ -230,9 +224,9 @@ class Consolidator:
         for message in messages:
             error = message.error()
             if error is not None:
-                self._consume_error(error)
+                self._errors.check(error)
                 continue
-            self._unknown_topic_since = None
+            self._errors.ok()
             partition, offset = message.partition(), message.offset()
             guard = self._guards.get(partition)
             if guard is None:  # revoked inside consume(): no longer ours
@@ -245,17 +239,6 @@ class Consolidator:
                 continue
             fresh.append(InputRecord(RATED, partition, offset, message.key(), message.value(), headers))
         return fresh, offsets
-
-    def _consume_error(self, error: KafkaError) -> None:
-        code = error.code()
-        if error.fatal() or code in _FATAL_CODES:
-            raise FatalStageError(f"consuming {RATED} failed: {error}")
-        if code in _UNKNOWN_TOPIC:
-            now = time.monotonic()
-            since = self._unknown_topic_since = self._unknown_topic_since or now
-            if now - since > UNKNOWN_TOPIC_GRACE_S:
-                raise FatalStageError(f"topic {RATED} is unknown to the broker: {error}")
-        log.warning("consume_error", error=str(error))
 
     def _batch(self, messages: list[Message]) -> None:
         started = time.perf_counter()

@@ -35,6 +35,7 @@ from consolidation.files import (
 from consolidation.files import write_parquet_atomically as write_parquet_atomically
 from consolidation.invoice import InvoiceDraft, UsageTotal
 from consolidation.invoice_tables import DRAFT_SCHEMA, LINE_SCHEMA, draft_table, line_table
+from consolidation.rejected import ensure_table as ensure_rejected_table
 
 __all__ = ["RATED_SCHEMA", "BillingStore", "Position", "RatedRows", "write_parquet_atomically"]
 
@@ -95,6 +96,7 @@ class BillingStore:
         # now, so whatever a killed writer left half done can go.
         self.db = duckdb.connect(str(self.out / "billing.duckdb"))
         self.db.execute(_DDL)
+        ensure_rejected_table(self.db)
         for path in temporary_files(self.rated_dir, self.out / "invoices"):
             path.unlink(missing_ok=True)
         self._forget_hidden_files()
@@ -309,12 +311,13 @@ class BillingStore:
         return int(rows[0][0]) if rows else 0
 
     def save_run_counts(self, counts: dict[str, int], rejected: Mapping[str, int]) -> None:
-        """The run's event counts (`run_counts`) and rejections by reason (`rejected_events`)."""
+        """The run's event counts (`run_counts`) and rejections by reason (`rejected_counts`;
+        the rejected records themselves are rows of `rejected_events`)."""
         self.db.execute("CREATE OR REPLACE TABLE run_counts(name VARCHAR, events BIGINT)")
-        self.db.execute("CREATE OR REPLACE TABLE rejected_events(reason VARCHAR, events BIGINT)")
+        self.db.execute("CREATE OR REPLACE TABLE rejected_counts(reason VARCHAR, events BIGINT)")
         self.db.executemany("INSERT INTO run_counts VALUES (?, ?)", list(counts.items()))
         if rejected:
-            self.db.executemany("INSERT INTO rejected_events VALUES (?, ?)", sorted(rejected.items()))
+            self.db.executemany("INSERT INTO rejected_counts VALUES (?, ?)", sorted(rejected.items()))
 
     def close_done(self, period: str, account_id: str | None) -> bool:
         rows = self.db.execute(
