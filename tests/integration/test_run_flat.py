@@ -151,7 +151,7 @@ def test_rated_usage_traces_every_invoice_line(run_output: Path) -> None:
 
 def test_rejections_by_reason_are_queryable(run_output: Path) -> None:
     db = duckdb.connect(str(run_output / "out" / "billing.duckdb"), read_only=True)
-    rows = dict(db.execute("SELECT reason, events FROM rejected_events").fetchall())
+    rows = dict(db.execute("SELECT reason, events FROM rejected_counts").fetchall())
     assert rows == {
         k.removeprefix("rejected."): v for k, v in EXPECTED_SUMMARY.items() if k.startswith("rejected.")
     }
