@@ -19,7 +19,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 import meterline.health
-import meterline.metrics  # registers the worker metrics
+import meterline.metrics
+import meterline.workers  # imports every stage, so every metric a worker exports is registered
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -287,7 +287,13 @@ def test_documented_columns_match_the_store(tmp_path: Path) -> None:
     store = BillingStore(tmp_path)
     try:
         documented = dict(_marked(page, "columns"))
-        assert set(documented) == {"invoice_drafts", "invoice_lines", "usage_totals", "rated_usage"}
+        assert set(documented) == {
+            "invoice_drafts",
+            "invoice_lines",
+            "usage_totals",
+            "rated_usage",
+            "rejected_events",
+        }
         for table, body in documented.items():
             actual = [(name, kind) for name, kind, *_ in store.db.execute(f"DESCRIBE {table}").fetchall()]
             rows = [(row[0], row[1]) for row in _table(body)]
