@@ -434,6 +434,16 @@ def test_rated_records_that_do_not_fit_the_store_go_to_the_dlq_and_the_rest_is_s
         # Consumer lag per partition, like the other stages.
         _until(lambda: _lag() == {"0": 0.0, "1": 0.0}, worker)
         assert worker.running()
+        # Its own DLQ records come back as rows of rejected_events, read as rated records.
+        reader = worker.store.db.cursor()
+        rejected = """SELECT source_topic, source_partition, source_offset, reason, account_id, event_id,
+                             period FROM rejected_events ORDER BY ALL"""
+        _until(lambda: len(reader.execute(rejected).fetchall()) == 2, worker)
+        assert reader.execute(rejected).fetchall() == [
+            (RATED, 0, 2, "invalid_quantity", "alpha", "huge-2", "2026-09"),
+            (RATED, 1, 0, "malformed", None, None, None),
+        ]
+        reader.close()
     finally:
         worker.stop()
     assert worker.error is None
@@ -449,7 +459,8 @@ def test_rated_records_that_do_not_fit_the_store_go_to_the_dlq_and_the_rest_is_s
     assert table(out, "SELECT aggregate, amount_exact, event_count FROM usage_totals") == [
         (Decimal("60000000000000000003"), Decimal("120000000000000000.006"), 3)
     ]
-    assert table(out, "SELECT partition, next_offset FROM consumer_positions ORDER BY 1") == [(0, 4), (1, 1)]
+    positions = f"SELECT partition, next_offset FROM consumer_positions WHERE topic = '{RATED}' ORDER BY 1"
+    assert table(out, positions) == [(0, 4), (1, 1)]
 
 
 def test_stored_offsets_past_a_recreated_topic_stop_consolidation_with_a_clear_error(
