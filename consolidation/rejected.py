@@ -17,12 +17,13 @@ records before it commits, so a crash can repeat them, and the embedded broker s
 records of aborted transactions to read_committed readers. A row is kept only for
 the first DLQ record of each (stage, source topic, partition, offset).
 
-`replayed` is false until the original is re-published. The intended mechanism for
-`meterline replay`: in one Kafka transaction, the copy to the raw topic (header
-`meterline.replay.of` = "TOPIC/PARTITION/OFFSET" of the DLQ record) and a marker on a
-compacted control topic keyed the same way; the consolidator applies the markers with
-`mark_replayed` (idempotent, so they can be read again from the start). A replayed
-copy that is rejected again is a new DLQ record with a new source offset: a new row.
+`replayed` is false until the original is re-published. The mechanism meant for
+`meterline replay` (not built yet): in one Kafka transaction, the copy to the raw
+topic (header `meterline.replay.of` = "TOPIC/PARTITION/OFFSET" of the DLQ record) and
+a marker on a compacted control topic keyed the same way; the consolidator applies
+the markers with `mark_replayed` (idempotent, so they can be read again from the
+start). A replayed copy rejected again is a new DLQ record with a new source offset:
+a new row, waiting in its turn.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ WAITING = Gauge(
     ["reason"],
 )
 NO_REASON: Final = "none"  # the gauge's label for DLQ records without a reason header
+OTHER_REASON: Final = "other"  # and for reasons that are not meterline's (bounded label values)
 
 REJECTED_SCHEMA: Final = pa.schema(
     [
@@ -257,9 +259,12 @@ def waiting_by_reason(db: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 def export_waiting(db: duckdb.DuckDBPyConnection) -> None:
     """Set the gauge from the table: every known reason has a value (0 when none waits)."""
-    waiting = waiting_by_reason(db)
-    for reason in (*REASONS, *waiting):
-        WAITING.labels(reason).set(waiting.get(reason, 0))
+    counts = dict.fromkeys((*REASONS, NO_REASON, OTHER_REASON), 0)
+    for reason, count in waiting_by_reason(db).items():
+        label = reason if reason in counts else OTHER_REASON
+        counts[label] += count
+    for label, count in counts.items():
+        WAITING.labels(label).set(count)
 
 
 def _text(value: bytes) -> str:

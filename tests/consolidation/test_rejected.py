@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from consolidation.rejected import (
     WAITING,
@@ -208,17 +209,24 @@ def test_the_waiting_gauge_and_replayed_marks(tmp_path: Path, catalog: Catalog) 
         for i in range(3)
     ]
     batch.append(row_of(letter(b"?", "malformed", ("usage.json", 0, 3), offset=3), FORMATS, catalog))
-    save_rejected(store.db, REJECTED, batch, {0: 4})
+    batch += [row_of(letter(b"?", f"made-up-{i}", ("usage.json", 1, i), offset=4 + i), FORMATS, catalog)
+              for i in range(2)]  # fmt: skip
+    save_rejected(store.db, REJECTED, batch, {0: 6})
     export_waiting(store.db)
     assert WAITING.labels("unknown_account")._value.get() == 3
     assert WAITING.labels("malformed")._value.get() == 1
     assert WAITING.labels("unknown_meter")._value.get() == 0
+    assert WAITING.labels("other")._value.get() == 2  # reasons not meterline's: one label
+    assert WAITING.labels("none")._value.get() == 0
     at = datetime(2026, 10, 2, tzinfo=UTC)
     assert mark_replayed(store.db, [(REJECTED, 0, 0), (REJECTED, 0, 1), (REJECTED, 0, 99)], at) == 2
     assert mark_replayed(store.db, [(REJECTED, 0, 0)], datetime(2026, 10, 3, tzinfo=UTC)) == 0
     export_waiting(store.db)
     assert WAITING.labels("unknown_account")._value.get() == 1
-    assert waiting_by_reason(store.db) == {"unknown_account": 1, "malformed": 1}
+    waiting = {"unknown_account": 1, "malformed": 1, "made-up-0": 1, "made-up-1": 1}
+    assert waiting_by_reason(store.db) == waiting
+    # In the default registry, so /metrics shows it.
+    assert b'meterline_rejected_waiting{reason="unknown_account"} 1.0' in generate_latest()
     assert rows(store, "SELECT replayed_at FROM rejected_events WHERE dlq_offset = 0") == [(at,)]
 
 
