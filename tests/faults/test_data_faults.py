@@ -60,7 +60,7 @@ def test_duplicate_storm_and_replayed_file(
     ]
     fault.notes.append(f"duplicates: {first.duplicates:,} before the replay, {totals.duplicates:,} after")
     problems = []
-    if totals.duplicates < first.duplicates + replayed * 0.9 or first.duplicates < EVENTS * STORM_RATE:
+    if totals.duplicates < first.duplicates + replayed * 0.9 or first.duplicates < round(EVENTS * STORM_RATE):
         problems.append(f"too few duplicates: {first.duplicates:,} then {totals.duplicates:,}")
     problems += reconciliation_problems(out, totals, fault.events, storm.summary)
     problems += compare_outputs(out, storm.reference)
