@@ -25,7 +25,7 @@ from tests.faults.garbage import FORMATS, Hostile
 from tests.faults.harness import GARBAGE, MONTH, FaultPipeline, StallableBroker, fault_seed
 from tests.faults.mutations import hostile_records
 from tests.faults.report import FaultResult
-from tests.integration.harness import read_topic
+from tests.integration.harness import read_topic, table
 
 TRUNCATED = "meterline.truncated"
 Position = tuple[str, int, int]
@@ -163,6 +163,11 @@ def run_garbage(
     dlq, dlq_problems = dlq_by_origin(dlq_messages)
     by_reason, dead_letter_problems = check_dead_letters(found, dlq, raw)
     problems += lost + dlq_problems + dead_letter_problems
+    billed = table(
+        out, "SELECT event_id, account_id, meter, quantity FROM rated_usage WHERE event_id LIKE 'hostile-%'"
+    )
+    if billed:
+        problems.append(f"{len(billed)} hostile records were rated, e.g. {sorted(billed)[:3]}")
     kinds = Counter(h.kind for h in hostile)
     fault.notes += [
         f"hostile records by kind: {dict(sorted(kinds.items()))}",
