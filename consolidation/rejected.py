@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 import duckdb
@@ -37,6 +38,7 @@ import pyarrow as pa
 import structlog
 from prometheus_client import Gauge
 
+from consolidation.files import write_parquet_atomically
 from mediation.formats import account_of, parse_record
 from meterline.catalog import Catalog
 from meterline.dlq import DETAIL_HEADER, REASON_HEADER, STAGE_HEADER, TRUNCATED_HEADER
@@ -247,6 +249,26 @@ def mark_replayed(
     finally:
         db.unregister("replayed_keys")
     return int(rows[0][0]) if rows else 0
+
+
+def parquet_path(out: Path) -> Path:
+    """Where the table is exported: DuckDB lets no other process open billing.duckdb while
+    the consolidator has it, so readers that run beside it read this file."""
+    return out / "rejected" / "rejected_events.parquet"
+
+
+def export_parquet(db: duckdb.DuckDBPyConnection, out: Path) -> None:
+    """Rewrite the export from the table (temporary file, fsync, rename)."""
+    query = "SELECT * FROM rejected_events ORDER BY dlq_topic, dlq_partition, dlq_offset"
+    table = db.sql(query).to_arrow_table()
+    # Time zone "UTC" like the other exports (DuckDB names it Etc/UTC).
+    schema = pa.schema(
+        [
+            pa.field(f.name, pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(f.type) else f
+            for f in table.schema
+        ]
+    )
+    write_parquet_atomically(table.cast(schema), parquet_path(out))
 
 
 def waiting_by_reason(db: duckdb.DuckDBPyConnection) -> dict[str, int]:

@@ -6,6 +6,10 @@ Each turn of the stage's loop takes what it has fetched, without waiting, and st
 the rows with the new offsets in one DuckDB transaction, then sets the gauge of
 records waiting by reason.
 
+The table is also exported to `DIR/rejected/rejected_events.parquet` (rewritten at most
+every preview interval while it changes, and when the stage stops), for readers
+beside the running worker, which holds billing.duckdb.
+
 `catch_up` reads the DLQ to its end once, without a group: `meterline run` calls it
 after the workers stopped, so the table holds every rejection of the run.
 """
@@ -28,7 +32,7 @@ from confluent_kafka import (
 )
 
 from consolidation.errors import ConsumeErrors, FatalStageError, StoredOffsetsPastEndError
-from consolidation.rejected import DeadLetter, export_waiting, row_of, save_rejected
+from consolidation.rejected import DeadLetter, export_parquet, export_waiting, row_of, save_rejected
 from consolidation.store import BillingStore
 from meterline.catalog import Catalog
 from meterline.config import Settings
@@ -67,6 +71,9 @@ class RejectedFeed:
             extra["enable.partition.eof"] = True
         self._consumer = Consumer(consumer_config(settings.bootstrap_servers, settings.kafka, GROUP, **extra))
         export_waiting(store.db)
+        # Exported once at start too: a killed worker may have stored rows it never exported.
+        self._changed = True
+        self._exported = 0.0
 
     def start(self) -> None:
         self._consumer.subscribe(
@@ -81,7 +88,17 @@ class RejectedFeed:
         messages = self._consumer.consume(self.settings.batch_size, 0)
         if self._fatal is not None:
             raise self._fatal
-        return self.store_messages(messages)
+        stored = self.store_messages(messages)
+        if self._changed and time.monotonic() - self._exported >= self.settings.preview_interval_s:
+            self.export()
+        return stored
+
+    def export(self) -> None:
+        """Rewrite the Parquet export if the table changed since the last one."""
+        if self._changed:
+            export_parquet(self.store.db, self.store.out)
+            self._changed = False
+            self._exported = time.monotonic()
 
     def store_messages(self, messages: list[Message]) -> int:
         letters: list[DeadLetter] = []
@@ -104,6 +121,7 @@ class RejectedFeed:
             ends[letter.partition] = max(ends.get(letter.partition, 0), letter.offset + 1)
         save_rejected(self.store.db, self.topic, rows, ends)
         self._next.update(ends)
+        self._changed = True
         export_waiting(self.store.db)
         if self._group:  # informational commit, for lag dashboards; the truth is in DuckDB
             self._consumer.commit(
@@ -185,6 +203,7 @@ def catch_up(
             messages = consumer.consume(settings.batch_size, 0.5)
             left -= {m.partition() for m in messages if _at_end(m)}
             read += feed.store_messages(messages)
+        feed.export()
         return read
     finally:
         consumer.close()

@@ -151,6 +151,7 @@ class Consolidator:
                     self._housekeeping()
                     last_housekeeping = time.monotonic()
             self._refresh_previews()
+            self._rejected.export()
         finally:
             self._consumer.close()
             self._rejected.close()

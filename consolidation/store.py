@@ -97,7 +97,7 @@ class BillingStore:
         self.db = duckdb.connect(str(self.out / "billing.duckdb"))
         self.db.execute(_DDL)
         ensure_rejected_table(self.db)
-        for path in temporary_files(self.rated_dir, self.out / "invoices"):
+        for path in temporary_files(self.rated_dir, self.out / "invoices", self.out / "rejected"):
             path.unlink(missing_ok=True)
         self._forget_hidden_files()
         self._create_rated_view()

@@ -9,14 +9,18 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from prometheus_client import generate_latest
 
 from consolidation.rejected import (
     WAITING,
     DeadLetter,
+    export_parquet,
     export_waiting,
     mark_replayed,
+    parquet_path,
     row_of,
     save_rejected,
     waiting_by_reason,
@@ -241,3 +245,20 @@ def test_a_store_of_an_earlier_run_keeps_its_counts_as_rejected_counts(tmp_path:
     store.save_run_counts({"events_in": 5}, {"unknown_meter": 2})
     assert rows(store, "SELECT * FROM rejected_counts") == [("unknown_meter", 2)]
     assert rows(store, "SELECT count(*) FROM rejected_events") == [(0,)]  # run counts leave it alone
+
+
+def test_the_parquet_export_holds_the_table(tmp_path: Path, catalog: Catalog) -> None:
+    store = BillingStore(tmp_path)
+    batch = [row_of(letter(native(a), offset=i, source=("usage.json", 0, i)), FORMATS, catalog)
+             for i, a in enumerate(("beta", "gamma"))]  # fmt: skip
+    save_rejected(store.db, REJECTED, batch, {0: 2})
+    export_parquet(store.db, tmp_path)
+    exported = pq.read_table(parquet_path(tmp_path))
+    assert exported.column("account_id").to_pylist() == ["beta", "gamma"]
+    assert exported.column("replayed").to_pylist() == [False, False]
+    assert exported.schema.field("event_time").type == pa.timestamp("us", tz="UTC")
+    # A write killed half way leaves a temporary file: the next store opening removes it.
+    (parquet_path(tmp_path).parent / ".rejected_events.parquet.tmp-123").write_bytes(b"half")
+    store.close()
+    BillingStore(tmp_path).close()
+    assert [p.name for p in parquet_path(tmp_path).parent.iterdir()] == ["rejected_events.parquet"]

@@ -4,6 +4,7 @@
   (meterline.dlq.dead_letter) become rows that answer "which customers have unbilled
   usage waiting, since when"; unreadable records still make rows; a second DLQ copy of
   one original is not a second row; the gauge of waiting records follows.
+* The table's Parquet export answers the same while the worker holds billing.duckdb.
 * The consolidation worker process SIGKILLed while it stores DLQ records: after the
   restart every DLQ record is a row exactly once (records without source headers too,
   which only the stored DLQ offsets keep from being stored twice).
@@ -18,11 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
+import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consolidation.rejected import WAITING
+from consolidation.rejected import WAITING, parquet_path
 from consolidation.rejected_feed import GROUP, catch_up
 from consolidation.store import BillingStore
 from meterline.broker import EmbeddedBroker
@@ -126,6 +129,18 @@ def test_waiting_usage_by_account_and_reason_while_the_consolidator_runs(
         # alpha is in Paris: 23:30 UTC on 31 October is already November there.
         assert periods == {"g1": "2026-10", "g2": "2026-10", "b1": "2026-12", "a1": "2026-11",
                            "a2": "2026-10", None: None}  # fmt: skip
+        # Another process cannot open billing.duckdb now: the Parquet export answers the same.
+        exported = parquet_path(out)
+        _until(lambda: exported.exists() and pq.read_metadata(exported).num_rows == 7, worker)
+        waiting = (
+            duckdb.connect()
+            .execute(
+                f"""SELECT account_id, reason, count(*) FROM read_parquet('{exported}') WHERE NOT replayed
+                    GROUP BY ALL ORDER BY ALL"""
+            )
+            .fetchall()
+        )
+        assert waiting == rows
         assert WAITING.labels("unknown_account")._value.get() == 2
         assert WAITING.labels("none")._value.get() == 1
         assert WAITING.labels("unknown_meter")._value.get() == 1
@@ -214,6 +229,7 @@ def test_a_killed_worker_stores_every_dlq_record_once(
         out, f"SELECT partition, next_offset FROM consumer_positions WHERE topic = '{REJECTED}'"
     )
     assert sum(offset for _, offset in positions) == 900
+    assert pq.read_metadata(parquet_path(out)).num_rows == 900  # exported when the worker stopped
 
 
 def test_catch_up_reads_the_dlq_to_its_end_once(fresh_broker: EmbeddedBroker, tmp_path: Path) -> None:
