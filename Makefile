@@ -33,10 +33,13 @@ unit: $(NATIVE)
 	$(BIN)/pytest -q -m 'not integration and not slow'
 
 # The fault-injection suite (tests/faults), slow parts included; rewrites tests/faults/REPORT.md.
-# Sizes: METERLINE_FAULT_EVENTS (events per faulty run), METERLINE_FAULT_GARBAGE (hostile records).
+# Events per faulty run (the SIGKILL fault has its own size) and hostile records of the garbage fault.
 FAULT_EVENTS ?= 500000
+FAULT_KILL_EVENTS ?= 1000000
+FAULT_GARBAGE ?= 100000
 faults: $(NATIVE)
-	METERLINE_FAULT_EVENTS=$(FAULT_EVENTS) METERLINE_FAULT_REPORT=tests/faults/REPORT.md \
+	METERLINE_FAULT_EVENTS=$(FAULT_EVENTS) METERLINE_FAULT_KILL_EVENTS=$(FAULT_KILL_EVENTS) \
+		METERLINE_FAULT_GARBAGE=$(FAULT_GARBAGE) METERLINE_FAULT_REPORT=tests/faults/REPORT.md \
 		$(BIN)/pytest -q -m faults tests/faults
 
 bench: $(NATIVE)

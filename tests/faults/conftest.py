@@ -17,7 +17,7 @@ import yaml
 from meterline.generate import generate_catalog, generate_events
 from meterline.publish import InputFile
 from tests.faults.compare import reference_run
-from tests.faults.harness import EVENTS, MONTH, StallableBroker
+from tests.faults.harness import EVENTS, KILL_EVENTS, MONTH, StallableBroker
 from tests.faults.report import FaultResult, write_report
 from tests.integration.harness import table
 
@@ -135,6 +135,14 @@ def stream_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., St
 def base_stream(stream_factory: Callable[..., Stream]) -> Stream:
     """The stream of the big faults: METERLINE_FAULT_EVENTS events, 5% duplicates, 1% bad."""
     return stream_factory("base", accounts=200, events=EVENTS, seed=2026)
+
+
+@pytest.fixture
+def kill_stream(stream_factory: Callable[..., Stream]) -> Stream:
+    """The stream of the SIGKILL fault: the base stream, or METERLINE_FAULT_KILL_EVENTS events."""
+    return stream_factory(
+        "base" if KILL_EVENTS == EVENTS else "kill", accounts=200, events=KILL_EVENTS, seed=2026
+    )
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ Sizes and seeds come from the environment, so `make faults` and a developer's ru
 differ only there:
 
     METERLINE_FAULT_EVENTS   events of the shared stream (default 500,000)
+    METERLINE_FAULT_KILL_EVENTS  events of the SIGKILL fault (default: METERLINE_FAULT_EVENTS)
     METERLINE_FAULT_GARBAGE  hostile records of the garbage fault (default 100,000)
     METERLINE_FAULT_SEED     overrides every fault's own default seed
 """
@@ -28,6 +29,7 @@ from meterline.publish import InputFile, create_topics, produce_inputs, publish_
 from meterline.workers import STAGES
 
 EVENTS = int(os.environ.get("METERLINE_FAULT_EVENTS", "500000"))
+KILL_EVENTS = int(os.environ.get("METERLINE_FAULT_KILL_EVENTS", EVENTS))
 GARBAGE = int(os.environ.get("METERLINE_FAULT_GARBAGE", "100000"))
 MONTH = "2026-10"  # the generator's month
 

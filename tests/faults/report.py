@@ -50,6 +50,11 @@ def _commit() -> str:
         return "unknown"
 
 
+def _compiled() -> bool:
+    root = Path(__file__).resolve().parents[2]
+    return any(path.parent.name != "build" for path in root.glob("*/*.cpython-*.so"))
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -59,8 +64,9 @@ def render_report(results: Sequence[FaultResult], wall_s: float) -> str:
     lines = [
         "# Fault-injection report",
         "",
-        f"Written by `make faults` at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on commit {_commit()}, "
-        f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}. "
+        f"Written by the fault suite (`make faults`) at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on commit "
+        f"{_commit()}, {os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}, "
+        f"hot path {'compiled (mypyc)' if _compiled() else 'plain Python'}. "
         f"Suite wall time {wall_s / 60:.1f} min; {passed} of {len(results)} fault tests passed.",
         "",
         "Every fault runs the whole pipeline as worker processes on the embedded broker and compares "
@@ -85,7 +91,12 @@ def render_report(results: Sequence[FaultResult], wall_s: float) -> str:
             )
             + " |"
         )  # fmt: skip
-    lines += ["", "## Details", ""]
+    sizes = ", ".join(
+        f"{name}={os.environ[name]}"
+        for name in ("METERLINE_FAULT_EVENTS", "METERLINE_FAULT_KILL_EVENTS", "METERLINE_FAULT_GARBAGE")
+        if name in os.environ
+    )
+    lines += ["", f"Sizes: {sizes or 'defaults'}.", "", "## Details", ""]
     for r in results:
         lines += [f"### {r.fault} — `{r.test}`: {r.outcome}", ""]
         if r.injections:

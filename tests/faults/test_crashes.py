@@ -1,6 +1,7 @@
 """Faults 1, 2, 3 and 7: processes killed, added, starved and stopped mid-stream.
 
-Each runs METERLINE_FAULT_EVENTS events (default 500,000) through worker processes on
+Each runs METERLINE_FAULT_EVENTS events (default 500,000; the SIGKILL fault
+METERLINE_FAULT_KILL_EVENTS, 1,000,000 under `make faults`) through worker processes on
 the embedded broker, closes the period, and must give the final invoices, lines and
 usage totals of the clean run of the same input, with exact reconciliation.
 """
@@ -67,18 +68,18 @@ def record(fault: FaultResult, kills: list[Kill]) -> None:
     unmeasured = sum(k.recovered_s is None for k in kills)
     if unmeasured:
         fault.notes.append(
-            f"{unmeasured} kills came after the stage had consumed all its input (no recovery time)"
+            f"{unmeasured} kills without a recovery time (the stage had nothing left to consume)"
         )
 
 
 def test_sigkill_each_stage_at_random_points(
-    base_stream: Stream, stallable_broker: StallableBroker, tmp_path: Path, fault: FaultResult
+    kill_stream: Stream, stallable_broker: StallableBroker, tmp_path: Path, fault: FaultResult
 ) -> None:
     """Fault 1: every stage SIGKILLed at 10 random points of its progress and restarted each time;
     a stage is killed again only after it made progress since its last restart."""
     fault.fault, fault.seed, fault.runs = "1. SIGKILL each stage", fault_seed(1), 2
     rng = random.Random(fault.seed)
-    ends = stage_totals(base_stream)
+    ends = stage_totals(kill_stream)
     pending = {
         s: sorted(int(rng.uniform(0.03, 0.9) * ends[s]) for _ in range(KILLS_PER_STAGE)) for s in STAGES
     }
@@ -86,10 +87,10 @@ def test_sigkill_each_stage_at_random_points(
     out = tmp_path / "out"
     pipeline = FaultPipeline(stallable_broker, out)
     try:
-        pipeline.publish_catalog(base_stream.catalog)
+        pipeline.publish_catalog(kill_stream.catalog)
         pipeline.start()
-        pipeline.feed(base_stream.files, tmp_path / "pieces")
-        fault.events = base_stream.events
+        pipeline.feed(kill_stream.files, tmp_path / "pieces")
+        fault.events = kill_stream.events
 
         def inject(totals: Totals) -> bool:
             note_recoveries(kills, totals)
@@ -106,7 +107,7 @@ def test_sigkill_each_stage_at_random_points(
         pipeline.watch(inject, 3600, f"{KILLS_PER_STAGE} kills of every stage")
         pipeline.wait_recovered(kills)
         assert len(kills) == KILLS_PER_STAGE * len(STAGES)
-        finish(pipeline, base_stream, out, fault, "fault 1 (SIGKILL each stage)")
+        finish(pipeline, kill_stream, out, fault, "fault 1 (SIGKILL each stage)")
     finally:
         record(fault, kills)
         pipeline.stop()
