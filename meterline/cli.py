@@ -280,21 +280,24 @@ def _query(args: argparse.Namespace) -> int:
 def _broker(args: argparse.Namespace) -> int:
     from meterline.broker import EmbeddedBroker
 
+    stop = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    # Installed first: a SIGTERM while the broker starts still stops it cleanly.
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    # Said at start: the bundled Tansu has no persistent storage engine (memory, or S3/Postgres
+    # that it is not built with or that need a server), so a restart loses every topic.
+    print(
+        "meterline: the embedded broker keeps topics in memory only; everything is lost when it stops",
+        file=sys.stderr,
+        flush=True,
+    )
     with EmbeddedBroker(args.port) as broker:
-        print(
-            "meterline: the embedded broker keeps topics in memory only; everything is lost when it stops",
-            file=sys.stderr,
-            flush=True,
-        )
         print(f"bootstrap servers: {broker.bootstrap_servers}", flush=True)
-        stop = False
-
-        def handler(signum: int, frame: object) -> None:
-            nonlocal stop
-            stop = True
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
         while not stop:
             time.sleep(0.2)
     return 0
