@@ -55,7 +55,9 @@ def test_a_batch_rates_rejects_and_counts_per_partition() -> None:
     records = [
         record(0, 10, stored("a", 3)),
         record(0, 11, b"not avro"),
-        record(1, 5, stored("b", 2, region="us-east")),  # no charge matches
+        # No charge matches (mediation rejects such events; rating still does if the catalog
+        # changed between the stages).
+        record(1, 5, stored("b", 2, region="us-east")),
         record(0, 12, stored("c", 4)),
     ]
     result = processor().process(records)
