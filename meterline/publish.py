@@ -1,15 +1,14 @@
 """Publishing into the pipeline: the catalog, raw event files, period closes.
 
 These back the user's commands, so they tell the truth: a broker that cannot be
-reached is one :class:`KafkaUnavailable` within a bounded time (librdkafka's own
-log lines are kept off the terminal), and a command succeeds only once every
-record it produced was acknowledged; otherwise :class:`DeliveryError` says how
-many were not.
+reached is one KafkaUnavailable within a bounded time, with librdkafka's own log
+lines kept off the terminal (meterline.command_clients), and a command succeeds
+only once every record it produced was acknowledged; otherwise DeliveryError says
+how many were not.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,8 @@ from confluent_kafka.admin import AdminClient
 from mediation.formats import FORMATS, account_of
 from meterline.catalog_changes import accounts_of_entities, blocked_removals, describe
 from meterline.catalog_file import catalog_entities, parse_catalog, read_catalog_document, validate_document
-from meterline.command_errors import CommandFailed, UserError
+from meterline.command_clients import ClientErrors, DeliveryError, check_reachable, quiet
+from meterline.command_errors import UserError
 from meterline.config import Settings
 from meterline.dlq import TRUNCATED_HEADER, max_bytes_of, record_size
 from meterline.kafka_config import client_config, plain_producer_config, transactional_producer_config
@@ -33,8 +33,6 @@ from meterline.tables import CompactedTable, PeriodsTable
 from meterline.topics import CONTRACTS, PERIODS, ensure_topics, pipeline_topics
 
 FORMAT_HEADER = "meterline.format"
-# How long a command waits for a broker to answer before it gives up.
-CONNECT_TIMEOUT_S: Final = 10.0
 # How long a command waits for the acknowledgements of what it produced.
 DELIVERY_TIMEOUT_S: Final = 60.0
 _PERIOD: Final = re.compile(r"^(\d{4})-(\d{2})$")
@@ -44,59 +42,8 @@ class InputError(UserError):
     """An input argument or file a user got wrong."""
 
 
-class PublishError(CommandFailed):
-    """A command could not do what it was asked; `str()` is the one line to show."""
-
-
-class KafkaUnavailable(PublishError):
-    """No broker answered within the connect timeout."""
-
-
-class DeliveryError(PublishError):
-    """Some produced records were not acknowledged by the broker."""
-
-
 class RemovalRefused(UserError):
     """A catalog would remove accounts or contracts that may have usage in an open period."""
-
-
-# --------------------------------------------------------------------------- quiet clients
-
-# User commands print one line on failure: librdkafka's log lines (hundreds while a
-# broker is unreachable) go to a logger that keeps them, not to stderr.
-_LIBRDKAFKA_LOG: Final = logging.getLogger("meterline.librdkafka.command")
-_LIBRDKAFKA_LOG.propagate = False
-_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
-
-
-class ClientErrors:
-    """librdkafka's error callbacks, kept so a failure can say why."""
-
-    def __init__(self) -> None:
-        self.last: KafkaError | None = None
-
-    def __call__(self, error: KafkaError) -> None:
-        self.last = error
-
-    def config(self) -> dict[str, Any]:
-        return {"error_cb": self, "logger": _LIBRDKAFKA_LOG}
-
-
-def quiet(config: dict[str, Any], errors: ClientErrors) -> dict[str, Any]:
-    """A client config whose errors and logs reach `errors`, not the terminal."""
-    return {**config, **errors.config()}
-
-
-def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Raise KafkaUnavailable unless a broker answers a metadata request within `timeout`."""
-    errors = ClientErrors()
-    admin = AdminClient(quiet(client_config(settings.bootstrap_servers, settings.kafka), errors))
-    try:
-        admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise KafkaUnavailable(
-            f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:.0f}s"
-        ) from exc
 
 
 # --------------------------------------------------------------------------- inputs

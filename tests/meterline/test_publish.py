@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from meterline.broker import EmbeddedBroker
+from meterline.command_clients import DeliveryError
 from meterline.config import RawTopic, Settings
 from meterline.dlq import TRUNCATED_HEADER
 from meterline.publish import (
@@ -317,7 +318,7 @@ def test_a_broker_lost_mid_produce_fails_the_command(
     def stop_broker(count: int) -> None:
         fresh_broker.stop()  # after 50,000 records: the last 10,000 cannot be delivered
 
-    with pytest.raises(meterline.publish.DeliveryError) as failed:
+    with pytest.raises(DeliveryError) as failed:
         produce_inputs(settings, [InputFile(path, "json")], on_progress=stop_broker)
     message = str(failed.value)
     assert "of 60,000 records were not delivered to meterline.raw: no acknowledgement for 3s" in message
