@@ -1,7 +1,7 @@
 """Readers of the raw usage formats of DESIGN.md §4: one raw record in, one
 normalized `UsageEvent` out, or `Rejected` with the reason of its first defect.
 
-    parse_record(raw, fmt, meters, now, max_size) -> UsageEvent
+    parse_record(raw, fmt, meters, now, max_size, cdr_zone) -> UsageEvent
 
 Each reader only finds a record's fields (rejecting what cannot be read as
 `malformed`); :mod:`mediation.normalize` validates them and builds the event.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Final
 
@@ -74,19 +74,25 @@ _LONG_RUN: Final = b"1" * 16
 
 
 def parse_record(
-    raw: bytes, fmt: str, meters: Mapping[str, Meter], now: datetime, max_size: int = DEFAULT_MAX_SIZE
+    raw: bytes,
+    fmt: str,
+    meters: Mapping[str, Meter],
+    now: datetime,
+    max_size: int = DEFAULT_MAX_SIZE,
+    cdr_zone: tzinfo | None = None,
 ) -> UsageEvent:
     """Parse, validate and normalize one raw record of format `fmt` (one of FORMATS).
 
     The event's quantity is in its meter's unit, rounded to 18 places; its
-    enrichment fields are empty. `now` (timezone-aware) is the processing time.
+    enrichment fields are empty. `now` (timezone-aware) is the processing time;
+    `cdr_zone` the time zone of Asterisk times (None: UTC).
     Raises `Rejected` — and nothing else, whatever the bytes — for every defect,
     in the order of precedence of DESIGN.md §4.
     """
     if len(raw) > max_size:
         raise Rejected(TOO_LARGE, f"{len(raw)} bytes, more than {max_size}")
     if fmt == "asterisk-csv":
-        found = _read_cdr(raw, meters)
+        found = _read_cdr(raw, meters, cdr_zone)
     elif fmt in _JSON_FORMATS:
         found = _read_json(raw, fmt, meters)
     else:  # the format may come from a record header: a bad one is the record's defect
@@ -105,7 +111,7 @@ def account_of(raw: bytes, fmt: str, max_size: int = DEFAULT_MAX_SIZE) -> str | 
         return None
     try:
         if fmt == "asterisk-csv":
-            return _read_cdr(raw, {}).account_id or None
+            return _read_cdr(raw, {}, None).account_id or None
         if fmt not in _JSON_FORMATS:
             return None
         try:
@@ -156,14 +162,14 @@ def _read_json(raw: bytes, fmt: str, meters: Mapping[str, Meter]) -> RawUsage:
         if "number" not in str(exc):
             raise Rejected(MALFORMED, f"invalid JSON: {exc}") from None
         # A number orjson cannot hold (1e400 overflows a double) is still JSON: read it exactly.
-        return _fields(_load_exact(raw), fmt, meters)
+        return _fields(load_exact(raw), fmt, meters)
     found = _fields(doc, fmt, meters)
-    if _may_have_lost_digits(found, raw):
-        found = _fields(_load_exact(raw), fmt, meters)
+    if may_have_lost_digits(found, raw):
+        found = _fields(load_exact(raw), fmt, meters)
     return found
 
 
-def _may_have_lost_digits(found: RawUsage, raw: bytes) -> bool:
+def may_have_lost_digits(found: RawUsage, raw: bytes) -> bool:
     # Only a float quantity or epoch timestamp matters, and only if the record holds
     # a literal longer than a double keeps exactly.
     return (type(found.quantity) is float or type(found.timestamp) is float) and _LONG_RUN in raw.translate(
@@ -171,7 +177,7 @@ def _may_have_lost_digits(found: RawUsage, raw: bytes) -> bool:
     )
 
 
-def _load_exact(raw: bytes) -> object:
+def load_exact(raw: bytes) -> object:
     """The record read by the stdlib parser, every number as an exact Decimal."""
     try:
         doc = json.loads(
@@ -254,7 +260,7 @@ def _native(doc: Mapping[str, object], meters: Mapping[str, Meter]) -> RawUsage:
 def _cloudevent(doc: Mapping[str, object], meters: Mapping[str, Meter]) -> RawUsage:
     code = identifier(doc.get("type"), "type")
     meter = meters.get(code) if code else None
-    return _measured(
+    return measured(
         "cloudevents",
         _CLOUDEVENT,
         event_id=identifier(doc.get("id"), "id"),
@@ -275,7 +281,7 @@ def _lago(doc: Mapping[str, object], meters: Mapping[str, Meter]) -> RawUsage:
     meter = meters.get(code) if code else None
     customer = identifier(event.get("external_customer_id"), "external_customer_id")
     subscription = identifier(event.get("external_subscription_id"), "external_subscription_id")
-    return _measured(
+    return measured(
         "lago",
         _LAGO,
         event_id=identifier(event.get("transaction_id"), "transaction_id"),
@@ -299,7 +305,7 @@ def _lago_envelope(doc: Mapping[str, object]) -> Mapping[str, object] | None:
     return None
 
 
-def _measured(
+def measured(
     source_format: str,
     names: FieldNames,
     *,
@@ -340,7 +346,7 @@ def _measured(
 # --------------------------------------------------------------------------- Asterisk CSV
 
 
-def _read_cdr(raw: bytes, meters: Mapping[str, Meter]) -> RawUsage:
+def _read_cdr(raw: bytes, meters: Mapping[str, Meter], zone: tzinfo | None) -> RawUsage:
     """One Asterisk cdr-csv Master.csv row (no header)."""
     try:
         line = raw.decode("utf-8").rstrip("\r\n")
@@ -375,4 +381,5 @@ def _read_cdr(raw: bytes, meters: Mapping[str, Meter]) -> RawUsage:
         value=attributes.get(value_property) if unique else None,
         value_field=value_property,
         refusal=None if disposition == BILLABLE_DISPOSITION else f"disposition {disposition!r}",
+        zone=zone,
     )

@@ -19,9 +19,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import MAX_EMAX, MIN_EMIN, ROUND_FLOOR, Context, Decimal
+from functools import lru_cache
 from typing import Final, Literal
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -46,7 +48,7 @@ FUTURE_TOLERANCE: Final = timedelta(hours=24)
 # How a format writes its timestamps:
 #   iso_or_epoch: ISO-8601 text with an offset, or epoch seconds as a JSON number
 #   epoch:        epoch seconds, a JSON number or a numeric string (Lago)
-#   cdr:          `YYYY-MM-DD HH:MM:SS`, implicitly UTC (Asterisk)
+#   cdr:          `YYYY-MM-DD HH:MM:SS`, UTC unless the input names a cdr time zone (Asterisk)
 TimestampStyle = Literal["iso_or_epoch", "epoch", "cdr"]
 
 _ONE: Final = units.quantize(Decimal(1))
@@ -88,7 +90,8 @@ class RawUsage:
 
     `None` (or "") means absent. `quantity` and `timestamp` are raw values; `value`
     is the counted value of a unique_count meter, already rendered as text;
-    `refusal` says why a record is not billable (e.g. an unanswered call).
+    `refusal` says why a record is not billable (e.g. an unanswered call); `zone` is
+    the time zone of a `cdr` timestamp (None: UTC).
 
     A plain class, not a dataclass: one is built per record, and mypyc compiles this
     __init__ (a dataclass's is generated at import time and stays interpreted).
@@ -97,6 +100,7 @@ class RawUsage:
     __slots__ = (
         "account_id", "attributes", "catalog_meter", "event_id", "meter", "names", "quantity",
         "quantity_field", "refusal", "source_format", "timestamp", "timestamp_style", "value", "value_field",
+        "zone",
     )  # fmt: skip
 
     def __init__(
@@ -115,6 +119,7 @@ class RawUsage:
         value: str | None = None,
         value_field: str = "",
         refusal: str | None = None,
+        zone: tzinfo | None = None,
     ) -> None:
         self.source_format = source_format
         self.names = names
@@ -130,6 +135,7 @@ class RawUsage:
         self.value = value
         self.value_field = value_field
         self.refusal = refusal
+        self.zone = zone
 
 
 def to_event(raw: RawUsage, now: datetime) -> UsageEvent:
@@ -153,7 +159,7 @@ def to_event(raw: RawUsage, now: datetime) -> UsageEvent:
     if raw.refusal is not None:
         raise Rejected(NOT_BILLABLE, raw.refusal)
 
-    event_time = parse_timestamp(raw.timestamp, raw.timestamp_style, names.timestamp)
+    event_time = parse_timestamp(raw.timestamp, raw.timestamp_style, names.timestamp, raw.zone)
     if event_time - now > FUTURE_TOLERANCE:
         raise Rejected(
             FUTURE_TIMESTAMP, f"{names.timestamp} {event_time.isoformat()} is more than 24 h ahead"
@@ -348,13 +354,13 @@ def _decimal_text(text: str, name: str, reason: str) -> Decimal:
 # --------------------------------------------------------------------------- timestamp
 
 
-def parse_timestamp(value: object, style: TimestampStyle, name: str) -> datetime:
-    """The instant a record's timestamp names, timezone-aware in UTC."""
+def parse_timestamp(value: object, style: TimestampStyle, name: str, zone: tzinfo | None = None) -> datetime:
+    """The instant a record's timestamp names, timezone-aware in UTC (`zone`: see _cdr_time)."""
     if type(value) is str:
         if style == "iso_or_epoch":
             return _iso_time(value, name)
         if style == "cdr":
-            return _cdr_time(value, name)
+            return _cdr_time(value, name, zone)
         return _epoch_time(_decimal_text(value, name, INVALID_TIMESTAMP), name)
     if style != "cdr" and isinstance(value, int | float | Decimal) and type(value) is not bool:
         return _epoch_time(value, name)
@@ -378,14 +384,35 @@ def _iso_time(text: str, name: str) -> datetime:
     return _in_range(instant, text, name)
 
 
-def _cdr_time(text: str, name: str) -> datetime:
+def _cdr_time(text: str, name: str, zone: tzinfo | None) -> datetime:
+    """An Asterisk time: UTC (`usegmtime=yes`) when `zone` is None, else local time in `zone`.
+
+    Around a DST change a local time may name two instants or none. Ambiguous (the hour
+    repeated when clocks go back): the first one, in summer time (fold=0), so a call
+    answered in the repeated hour may be stamped an hour early; Asterisk's CSV keeps no
+    offset to tell them apart. Nonexistent (the hour skipped when clocks go forward,
+    which Asterisk never writes for a correctly configured zone): read with the offset in
+    force before the change, so it lands after the gap, shifted forward by its length
+    (02:30 on Paris's spring-forward day is 01:30Z, 03:30 CEST), as zoneinfo does.
+    Billable usage is kept either way rather than rejected for a zone setting's sake.
+    """
     if _CDR_TIME.fullmatch(text) is None:
         raise Rejected(INVALID_TIMESTAMP, f"{name} is not a `YYYY-MM-DD HH:MM:SS` time: {_short(text)}")
     try:
-        instant = datetime.fromisoformat(text).replace(tzinfo=UTC)
-    except ValueError:
+        local = datetime.fromisoformat(text)
+        instant = local.replace(tzinfo=UTC) if zone is None else local.replace(tzinfo=zone).astimezone(UTC)
+    except (ValueError, OverflowError):  # a field out of range, or a local time near year 1 or 9999
         raise Rejected(INVALID_TIMESTAMP, f"{name} is not a valid time: {_short(text)}") from None
     return _in_range(instant, text, name)
+
+
+@lru_cache(maxsize=64)
+def cdr_zone(name: str) -> ZoneInfo:
+    """The IANA time zone `name` (e.g. `Europe/Paris`); ValueError saying why if there is none."""
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # not a key, no such zone, a folder of zones
+        raise ValueError(f"{name!r} is not an IANA time zone (such as Europe/Paris or UTC)") from None
 
 
 def _in_range(instant: datetime, text: str, name: str) -> datetime:

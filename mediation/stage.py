@@ -23,19 +23,21 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 
+from mediation.cloudevents import CE_SPECVERSION, parse_binary_cloudevent
 from mediation.dedup import SeenSet, dedup_key
 from mediation.enrich import ChargeCache, enrich, local_time
 from mediation.formats import parse_record
+from mediation.normalize import cdr_zone
 from meterline import metrics
 from meterline.catalog import Account
 from meterline.config import RawTopic, Settings
 from meterline.dlq import TRUNCATED_HEADER, count_rejection, dead_letter, max_bytes_of
 from meterline.lineage import LINEAGE_HEADER, lineage_value
 from meterline.messages import InputRecord, OutputRecord
-from meterline.reasons import MALFORMED, PERIOD_CLOSED, TOO_LARGE, Rejected, internal_error
+from meterline.reasons import INVALID_TIMESTAMP, MALFORMED, PERIOD_CLOSED, TOO_LARGE, Rejected, internal_error
 from meterline.records import UsageEvent
 from meterline.runtime import TP, BatchResult
 from meterline.tables import ContractsTable, PeriodsTable
@@ -46,6 +48,8 @@ STAGE = "mediation"
 RAW_HEADER = "ml.raw"  # original bytes, so later rejections still dead-letter them unchanged
 ORIGIN_HEADER = "ml.origin"  # "topic\x1fpartition\x1foffset" of the raw record
 FORMAT_HEADER = "meterline.format"  # set by `meterline produce` per input file
+# Time zone of an Asterisk CSV record's times (`--cdr-timezone` for files); wins over the topic's.
+CDR_TIMEZONE_HEADER = "meterline.cdr_timezone"
 BLOCK = b"B"  # changelog key prefix of a block of dedup keys: B<period>\x1f<last offset>
 
 
@@ -86,6 +90,10 @@ class MediationProcessor:
         self.periods = periods
         self.partitions = partitions
         self.raw_topics: dict[str, RawTopic] = {t.name: t for t in settings.raw_topics}
+        # Validated when the settings were loaded.
+        self.cdr_zones: dict[str, tzinfo | None] = {
+            t.name: cdr_zone(t.cdr_timezone) if t.cdr_timezone else None for t in settings.raw_topics
+        }
         self.max_dlq_bytes = max_bytes_of(settings.kafka)
         self.seen: dict[TP, SeenSet] = {}
         # Changelog block keys per partition and period, to tombstone them when the period is forgotten.
@@ -203,25 +211,42 @@ class MediationProcessor:
     def _parse(
         self, record: InputRecord, raw: RawTopic, now: datetime, counts: Counter[str], result: BatchResult
     ) -> UsageEvent | None:
-        fmt = record.headers.get(FORMAT_HEADER)
+        headers = record.headers
+        named = headers.get(FORMAT_HEADER)
+        fmt = named.decode("utf-8", "replace") if named else raw.format
+        meters = self.contracts.catalog.meters
         try:
-            truncated = record.headers.get(TRUNCATED_HEADER)
+            truncated = headers.get(TRUNCATED_HEADER)
             if truncated is not None:
                 # Publishers cut a record too large to publish and say how large it was.
                 length = truncated.decode("ascii", "replace")
                 kept = len(record.value or b"")
                 raise Rejected(TOO_LARGE, f"{length} bytes, cut by the publisher to {kept}")
+            if CE_SPECVERSION in headers and (fmt == "auto" or fmt == "cloudevents"):
+                return parse_binary_cloudevent(
+                    record.value or b"", headers, meters, now, self.settings.max_record_bytes
+                )
             return parse_record(
                 record.value or b"",
-                fmt.decode() if fmt else raw.format,
-                self.contracts.catalog.meters,
+                fmt,
+                meters,
                 now,
                 self.settings.max_record_bytes,
+                self._cdr_zone(record) if fmt == "asterisk-csv" else None,
             )
         except Rejected as rejection:
             origin = (record.topic, record.partition, record.offset)
             self._reject(rejection, record, record.value or b"", origin, counts, result)
             return None
+
+    def _cdr_zone(self, record: InputRecord) -> tzinfo | None:
+        named = record.headers.get(CDR_TIMEZONE_HEADER)
+        if named is None:
+            return self.cdr_zones.get(record.topic)
+        try:
+            return cdr_zone(named.decode("utf-8"))
+        except ValueError as exc:  # not UTF-8, or no such zone: the header is the record's own defect
+            raise Rejected(INVALID_TIMESTAMP, f"header {CDR_TIMEZONE_HEADER}: {exc}") from None
 
     def _decode_forwarded(
         self, record: InputRecord, counts: Counter[str], result: BatchResult

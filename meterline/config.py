@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mediation.formats import FORMATS
+from mediation.normalize import cdr_zone
 
 
 class ConfigError(ValueError):
@@ -27,6 +28,9 @@ class RawTopic:
     format: str = "auto"
     # A raw topic keyed by account_id skips the repartition hop before dedup.
     keyed_by_account: bool = False
+    # IANA zone of Asterisk CSV times (None: UTC, as Asterisk writes them with usegmtime=yes);
+    # a record's `meterline.cdr_timezone` header wins.
+    cdr_timezone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {name} must be a {kind.__name__}, got {value!r}") from exc
 
 
+_RAW_TOPIC_KEYS = {f.name for f in fields(RawTopic)}
+
+
 def _raw_topics(items: Any, source: str) -> tuple[RawTopic, ...]:
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{source}: raw_topics must be a non-empty list of tables")
@@ -80,7 +87,24 @@ def _raw_topics(items: Any, source: str) -> tuple[RawTopic, ...]:
         fmt = str(item.get("format", "auto"))
         if fmt not in FORMATS:
             raise ConfigError(f"{source}: raw_topics[{i}].format must be one of {', '.join(FORMATS)}")
-        topics.append(RawTopic(str(item["name"]), fmt, bool(item.get("keyed_by_account", False))))
+        unknown = set(item) - _RAW_TOPIC_KEYS
+        if unknown:
+            names = ", ".join(sorted(unknown))
+            raise ConfigError(f"{source}: raw_topics[{i}] has unknown setting(s) {names}")
+        zone = item.get("cdr_timezone")
+        if zone is not None:
+            try:
+                cdr_zone(str(zone))
+            except ValueError as exc:
+                raise ConfigError(f"{source}: raw_topics[{i}].cdr_timezone: {exc}") from None
+        topics.append(
+            RawTopic(
+                str(item["name"]),
+                fmt,
+                bool(item.get("keyed_by_account", False)),
+                None if zone is None else str(zone),
+            )
+        )
     return tuple(topics)
 
 
@@ -139,6 +163,8 @@ def settings_to_toml(settings: Settings) -> str:
             f"format = {value(topic.format)}",
             f"keyed_by_account = {value(topic.keyed_by_account)}",
         ]
+        if topic.cdr_timezone is not None:
+            lines.append(f"cdr_timezone = {value(topic.cdr_timezone)}")
     if settings.kafka:
         lines += ["", "[kafka]", *(f"{value(k)} = {value(v)}" for k, v in settings.kafka.items())]
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mediation.formats import parse_record
+from mediation.normalize import cdr_zone
 from meterline.catalog import Meter
 from meterline.reasons import INVALID_QUANTITY, INVALID_TIMESTAMP, Rejected
 from tests.mediation.test_formats import METERS, cdr, cloudevent, lago, native, parse, rejection
@@ -137,3 +138,55 @@ def test_a_quantity_reaching_ten_to_the_twenty_is_invalid(quantity: str) -> None
 def test_the_largest_storable_quantity_is_valid() -> None:
     largest = "99999999999999999999.999999999999999999"
     assert parse(native(quantity=largest)).quantity == Decimal(largest)
+
+
+# --------------------------------------------------------------------------- Asterisk time zones
+
+
+def cdr_at(answer: str, zone: str | None) -> datetime:
+    found = cdr_zone(zone) if zone else None
+    event = parse_record(cdr(answer=answer).encode(), "asterisk-csv", METERS, END_OF_TIME, cdr_zone=found)
+    return event.event_time
+
+
+def test_cdr_times_are_utc_without_a_zone() -> None:
+    assert cdr_at("2026-03-31 23:30:00", None) == datetime(2026, 3, 31, 23, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("answer", "zone", "expected"),
+    [
+        # Last evening of March in Paris (CEST, +02:00) is still March in UTC.
+        ("2026-03-31 23:30:00", "Europe/Paris", datetime(2026, 3, 31, 21, 30, tzinfo=UTC)),
+        # Just after midnight local on the 1st is the previous month in UTC.
+        ("2026-04-01 00:30:00", "Europe/Paris", datetime(2026, 3, 31, 22, 30, tzinfo=UTC)),
+        ("2026-01-31 23:30:00", "America/New_York", datetime(2026, 2, 1, 4, 30, tzinfo=UTC)),
+        ("2026-06-30 23:30:00", "UTC", datetime(2026, 6, 30, 23, 30, tzinfo=UTC)),
+        # Ambiguous (clocks go back at 03:00 CEST): the first occurrence, in summer time.
+        ("2026-10-25 02:30:00", "Europe/Paris", datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        # Nonexistent (clocks go forward at 02:00 CET): read with the offset before the gap.
+        ("2026-03-29 02:30:00", "Europe/Paris", datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+    ],
+)
+def test_cdr_times_in_a_zone(answer: str, zone: str, expected: datetime) -> None:
+    assert cdr_at(answer, zone) == expected
+
+
+def test_a_local_cdr_time_before_the_epoch_in_utc_is_an_invalid_timestamp() -> None:
+    with pytest.raises(Rejected) as caught:
+        cdr_at("1970-01-01 00:30:00", "Europe/Paris")  # 1969-12-31T23:30Z
+    assert caught.value.reason == INVALID_TIMESTAMP
+
+
+def test_a_local_cdr_time_near_year_9999_is_an_invalid_timestamp_not_a_crash() -> None:
+    with pytest.raises(Rejected) as caught:
+        cdr_at("9999-12-31 23:30:00", "America/Los_Angeles")  # past datetime's last instant in UTC
+    assert caught.value.reason == INVALID_TIMESTAMP
+
+
+@pytest.mark.parametrize(
+    "name", ["", "Europe", "Nowhere/City", "utc", "/etc/localtime", "../zoneinfo", "A\x00"]
+)
+def test_cdr_zone_refuses_what_is_not_an_iana_zone(name: str) -> None:
+    with pytest.raises(ValueError, match="not an IANA time zone"):
+        cdr_zone(name)

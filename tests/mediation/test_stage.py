@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
+import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
@@ -275,3 +276,77 @@ def test_the_dlq_copy_of_a_one_megabyte_line_fits_the_producer_limit() -> None:
     assert line.startswith(dead.value or b"")
     assert record_size(dead.value or b"", dead.key, dead.headers or []) == DEFAULT_MAX_BYTES
     assert result.counts[(RAW, 0)]["forwarded"] == 1
+
+
+# --------------------------------------------------------------------------- interop
+
+PARIS_CDR = "pbx.paris"
+CDR_LATE = (
+    b'"acme","1001","4420794600123","from-internal","""A"" <1001>","PJSIP/1","PJSIP/2","Dial","x",'
+    b'"2026-03-31 23:30:00","2026-03-31 23:30:00","2026-03-31 23:31:00",60,60,"ANSWERED",'
+    b'"DOCUMENTATION","late-1"'
+)
+
+
+def interop_processor() -> MediationProcessor:
+    settings = Settings(
+        raw_topics=(
+            RawTopic(RAW),
+            RawTopic(PARIS_CDR, "asterisk-csv", keyed_by_account=True, cdr_timezone="Europe/Paris"),
+            RawTopic("pbx.utc", "asterisk-csv", keyed_by_account=True),
+        )
+    )
+    voice = {"voice": Meter("voice", "minute", "sum", source_unit="second")}
+    plan = Plan("p", "EUR", "half_even", (Charge("c", "voice", "flat", unit_price=Decimal("0.01")),))
+    accounts = {"acme": Account("acme", "acme", "UTC", (Contract("k", "acme", "p", date(2020, 1, 1), None),))}
+    current = Catalog(meters=voice, plans={"p": plan}, accounts=accounts)
+    return MediationProcessor(
+        settings, cast(ContractsTable, Contracts(current)), cast(PeriodsTable, Periods()), partitions=3
+    )
+
+
+def cdr_outcome(topic: str, headers: dict[str, bytes] | None = None) -> tuple[str, str]:
+    """(event time, period) of the late CDR mediated from `topic`, or ("rejected", reason)."""
+    [out] = interop_processor().process(raw_records(topic, CDR_LATE, headers=headers)).outputs
+    if out.topic == REJECTED:
+        return "rejected", dict(out.headers or [])["meterline.reason"].decode()
+    event = decode_usage(out.value or b"")
+    return event.event_time.isoformat(), event.period
+
+
+def test_cdr_times_are_read_in_the_zone_of_their_topic_or_header() -> None:
+    assert cdr_outcome("pbx.utc") == ("2026-03-31T23:30:00+00:00", "2026-03")
+    assert cdr_outcome(PARIS_CDR) == ("2026-03-31T21:30:00+00:00", "2026-03")
+    # The header wins over the topic (and over UTC).
+    tokyo = {"meterline.cdr_timezone": b"Asia/Tokyo"}
+    assert cdr_outcome(PARIS_CDR, tokyo) == ("2026-03-31T14:30:00+00:00", "2026-03")
+    new_york = {"meterline.cdr_timezone": b"America/New_York"}
+    assert cdr_outcome("pbx.utc", new_york) == ("2026-04-01T03:30:00+00:00", "2026-04")
+
+
+@pytest.mark.parametrize("zone", [b"Mars/Olympus", b"\xff"])
+def test_a_bad_cdr_timezone_header_is_an_invalid_timestamp(zone: bytes) -> None:
+    assert cdr_outcome(PARIS_CDR, {"meterline.cdr_timezone": zone}) == ("rejected", "invalid_timestamp")
+
+
+def test_a_binary_mode_cloudevent_is_mediated_like_a_structured_one() -> None:
+    headers = {
+        "ce_specversion": b"1.0", "ce_id": b"bin-1", "ce_type": b"api_calls", "ce_subject": b"la",
+        "ce_source": b"gw", "ce_time": b"2026-03-05T10:00:00Z", "content-type": b"application/json",
+    }  # fmt: skip
+    structured = json.dumps(
+        {"specversion": "1.0", "id": "str-1", "type": "api_calls", "subject": "la", "source": "gw",
+         "time": "2026-03-05T10:00:00Z", "data": {"quantity": 2, "region": "eu"}}
+    ).encode()  # fmt: skip
+    events, dead = mediate(processor(), structured)
+    binary = processor().process(raw_records(RAW, b'{"quantity": 2, "region": "eu"}', headers=headers))
+    [forwarded_event] = [decode_usage(o.value or b"") for o in binary.outputs if o.topic == REPARTITION]
+    assert dead == []
+    assert forwarded_event.event_id == "bin-1"
+    assert (forwarded_event.account_id, forwarded_event.quantity, forwarded_event.attributes) == (
+        events[0].account_id, events[0].quantity, events[0].attributes
+    )  # fmt: skip
+    # A record whose format header says json is not read as a binary CloudEvent.
+    labelled = {**headers, "meterline.format": b"json"}
+    as_json = processor().process(raw_records(RAW, b'{"quantity": 2}', headers=labelled))
+    assert reasons([dict(o.headers or []) for o in as_json.outputs]) == ["missing_field"]

@@ -1,0 +1,47 @@
+"""Settings of raw topics: the Asterisk time zone, validated when loaded, and kept in the
+TOML handed to workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meterline.config import ConfigError, RawTopic, Settings, load_settings, settings_to_toml
+
+
+def load(tmp_path: Path, text: str) -> Settings:
+    path = tmp_path / "meterline.toml"
+    path.write_text(text)
+    return load_settings(path, env={})
+
+
+def test_a_raw_topic_names_its_cdr_timezone(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        '[[raw_topics]]\nname = "pbx.cdr"\nformat = "asterisk-csv"\ncdr_timezone = "Europe/Paris"\n'
+        '[[raw_topics]]\nname = "meterline.raw"\n',
+    )
+    assert settings.raw_topics == (
+        RawTopic("pbx.cdr", "asterisk-csv", cdr_timezone="Europe/Paris"),
+        RawTopic("meterline.raw"),
+    )
+
+
+@pytest.mark.parametrize("zone", ["Paris", "Europe", "CEST", "", "../../etc/passwd"])
+def test_a_cdr_timezone_that_is_not_an_iana_zone_is_refused(tmp_path: Path, zone: str) -> None:
+    with pytest.raises(ConfigError, match=r"raw_topics\[0\]\.cdr_timezone: .* is not an IANA time zone"):
+        load(tmp_path, f'[[raw_topics]]\nname = "pbx.cdr"\ncdr_timezone = "{zone}"\n')
+
+
+def test_a_misspelt_raw_topic_setting_is_refused_not_ignored(tmp_path: Path) -> None:
+    # A silently ignored `cdr_time_zone` would bill every call in UTC.
+    with pytest.raises(ConfigError, match=r"raw_topics\[0\] has unknown setting\(s\) cdr_time_zone"):
+        load(tmp_path, '[[raw_topics]]\nname = "pbx.cdr"\ncdr_time_zone = "Europe/Paris"\n')
+
+
+def test_workers_get_the_cdr_timezone(tmp_path: Path) -> None:
+    settings = Settings(
+        raw_topics=(RawTopic("pbx.cdr", "asterisk-csv", True, "America/New_York"), RawTopic("plain"))
+    )
+    assert load(tmp_path, settings_to_toml(settings)).raw_topics == settings.raw_topics
