@@ -41,7 +41,6 @@ from meterline.reasons import INVALID_TIMESTAMP, MALFORMED, PERIOD_CLOSED, TOO_L
 from meterline.records import UsageEvent
 from meterline.runtime import TP, BatchResult
 from meterline.tables import ContractsTable, PeriodsTable
-from meterline.topics import MEDIATED, REPARTITION
 from schemas.codec import SchemaError, decode_usage, encode_usage
 
 STAGE = "mediation"
@@ -89,10 +88,15 @@ class MediationProcessor:
         self.contracts = contracts
         self.periods = periods
         self.partitions = partitions
-        self.raw_topics: dict[str, RawTopic] = {t.name: t for t in settings.raw_topics}
+        topics = settings.topics
+        self.repartition_topic = topics.repartition
+        self.mediated_topic = topics.mediated
+        # By the names the records come from (with this installation's topic prefix).
+        self.raw_topics: dict[str, RawTopic] = {topics.name(t.name): t for t in settings.raw_topics}
         # Validated when the settings were loaded.
         self.cdr_zones: dict[str, tzinfo | None] = {
-            t.name: cdr_zone(t.cdr_timezone) if t.cdr_timezone else None for t in settings.raw_topics
+            topics.name(t.name): cdr_zone(t.cdr_timezone) if t.cdr_timezone else None
+            for t in settings.raw_topics
         }
         self.max_dlq_bytes = max_bytes_of(settings.kafka)
         self.seen: dict[TP, SeenSet] = {}
@@ -199,7 +203,7 @@ class MediationProcessor:
             return _Keyed(record, event, record.value or b"", origin)
         lineage = lineage_value(*origin)
         output = OutputRecord(
-            REPARTITION,
+            self.repartition_topic,
             encode_usage(event),
             *_route(event.account_id, self.partitions),
             [(LINEAGE_HEADER, lineage), (ORIGIN_HEADER, lineage), (RAW_HEADER, record.value or b"")],
@@ -329,7 +333,7 @@ class MediationProcessor:
                 (ORIGIN_HEADER, lineage if item.origin == position else lineage_value(*item.origin)),
             ]
             key, partition = _route(enriched.account_id, self.partitions)
-            output = OutputRecord(MEDIATED, encode_usage(enriched), key, partition, headers)
+            output = OutputRecord(self.mediated_topic, encode_usage(enriched), key, partition, headers)
         except Exception as exc:  # a rejection, or containment: one record never stops the stage
             rejection = exc if isinstance(exc, Rejected) else internal_error(exc)
             self._reject(rejection, record, item.original, item.origin, counts, result)

@@ -16,6 +16,7 @@ from typing import Any
 
 from mediation.formats import FORMATS
 from mediation.normalize import cdr_zone
+from meterline.topics import Topics, check_prefix
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,20 @@ class Settings:
     health_stall_s: float = 120.0
     # ...or with no broker answering for this long.
     broker_timeout_s: float = 60.0
+    # Prefix of every topic, consumer group and transactional id of this installation
+    # (raw topics included), so that several share a cluster; see Settings.topics.
+    topic_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            check_prefix(self.topic_prefix)
+        except ValueError as exc:
+            raise ConfigError(f"topic_prefix: {exc}") from None
+
+    @property
+    def topics(self) -> Topics:
+        """The names of this installation's topics, groups and transactional ids."""
+        return Topics(self.topic_prefix)
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})

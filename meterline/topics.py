@@ -1,8 +1,15 @@
 """Topic names and creation. Topics are created with explicit configs because
-Tansu's DescribeConfigs only returns what was set at creation (DESIGN.md §8)."""
+Tansu's DescribeConfigs only returns what was set at creation (DESIGN.md §8).
+
+The constants are the names of an installation without `topic_prefix`. With one (like
+Kafka Streams' application.id, so that two installations share a cluster), every topic
+of the installation, its raw topics included, and its consumer groups and transactional
+ids, are named `<prefix><name>`: `Topics(prefix)` (`Settings.topics`) gives them.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from confluent_kafka import KafkaException
@@ -16,6 +23,48 @@ REJECTED: Final = "meterline.usage.rejected"
 CONTRACTS: Final = "meterline.contracts"
 PERIODS: Final = "meterline.periods"
 STATS: Final = "meterline.stats"
+
+# Kafka's legal topic characters; a name is at most 249 of them, so the prefix stays short.
+_PREFIX_TEXT: Final = re.compile(r"[A-Za-z0-9._-]{0,100}")
+
+
+def check_prefix(prefix: str) -> str:
+    """`prefix` if it can start topic names; ValueError saying why otherwise."""
+    if _PREFIX_TEXT.fullmatch(prefix) is None:
+        raise ValueError(f"{prefix!r} may only hold letters, digits, '.', '_' and '-' (at most 100)")
+    return prefix
+
+
+class Topics:
+    """The topic names, consumer group ids and transactional ids of one installation."""
+
+    __slots__ = (
+        "contracts", "mediated", "periods", "prefix", "rated", "raw", "rejected", "repartition", "stats",
+    )  # fmt: skip
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix: Final = check_prefix(prefix)
+        self.raw: Final = prefix + RAW
+        self.repartition: Final = prefix + REPARTITION
+        self.mediated: Final = prefix + MEDIATED
+        self.rated: Final = prefix + RATED
+        self.rejected: Final = prefix + REJECTED
+        self.contracts: Final = prefix + CONTRACTS
+        self.periods: Final = prefix + PERIODS
+        self.stats: Final = prefix + STATS
+
+    def name(self, topic: str) -> str:
+        """A topic of this installation; for raw topics, the name the settings give."""
+        return self.prefix + topic
+
+    def group(self, group_id: str) -> str:
+        """A consumer group id, or a transactional id, of this installation."""
+        return self.prefix + group_id
+
+    def pipeline(self, raw_topics: list[str], partitions: int) -> dict[str, tuple[int, dict[str, str]]]:
+        """pipeline_topics, every name prefixed (changelogs follow their prefixed input)."""
+        return {self.prefix + name: spec for name, spec in pipeline_topics(raw_topics, partitions).items()}
+
 
 _KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 COMPACTED = {**_KEEP_FOREVER, "cleanup.policy": "compact"}

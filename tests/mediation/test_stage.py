@@ -350,3 +350,17 @@ def test_a_binary_mode_cloudevent_is_mediated_like_a_structured_one() -> None:
     labelled = {**headers, "meterline.format": b"json"}
     as_json = processor().process(raw_records(RAW, b'{"quantity": 2}', headers=labelled))
     assert reasons([dict(o.headers or []) for o in as_json.outputs]) == ["missing_field"]
+
+
+def test_with_a_topic_prefix_mediation_reads_and_writes_the_prefixed_topics() -> None:
+    raw = (RawTopic(RAW), RawTopic(KEYED, keyed_by_account=True))
+    settings = Settings(topic_prefix="blue.", raw_topics=raw)
+    stage = MediationProcessor(
+        settings, cast(ContractsTable, Contracts(catalog())), cast(PeriodsTable, Periods()), partitions=3
+    )
+    first = stage.process(raw_records("blue." + RAW, native("a")) + raw_records("blue." + KEYED, native("b")))
+    assert sorted(o.topic for o in first.outputs) == ["blue." + MEDIATED, "blue." + REPARTITION]
+    assert first.counts[("blue." + RAW, 0)]["events_in"] == 1
+    [out] = [o for o in first.outputs if o.topic == "blue." + REPARTITION]
+    again = InputRecord(out.topic, 0, 0, out.key, out.value, dict(out.headers or []))
+    assert [o.topic for o in stage.process([again]).outputs] == ["blue." + MEDIATED]

@@ -45,3 +45,21 @@ def test_workers_get_the_cdr_timezone(tmp_path: Path) -> None:
         raw_topics=(RawTopic("pbx.cdr", "asterisk-csv", True, "America/New_York"), RawTopic("plain"))
     )
     assert load(tmp_path, settings_to_toml(settings)).raw_topics == settings.raw_topics
+
+
+def test_topic_prefix_names_the_installation(tmp_path: Path) -> None:
+    settings = load(tmp_path, 'topic_prefix = "blue."\n')
+    assert (settings.topics.rated, settings.topics.group("meterline-mediation")) == (
+        "blue.meterline.usage.rated",
+        "blue.meterline-mediation",
+    )
+    assert load(tmp_path, settings_to_toml(settings)).topic_prefix == "blue."
+    assert load_settings(env={"METERLINE_TOPIC_PREFIX": "green-"}).topics.raw == "green-meterline.raw"
+
+
+@pytest.mark.parametrize("prefix", ["blue/", "two words"])
+def test_a_topic_prefix_kafka_cannot_use_is_refused(tmp_path: Path, prefix: str) -> None:
+    with pytest.raises(ConfigError, match=r"topic_prefix: .* may only hold"):
+        load(tmp_path, f'topic_prefix = "{prefix}"\n')
+    with pytest.raises(ConfigError, match="topic_prefix"):
+        Settings().with_overrides(topic_prefix=prefix)
