@@ -19,6 +19,7 @@ from typing import NoReturn
 from meterline.catalog_read import CatalogError
 from meterline.command_errors import CommandFailed, UserError
 from meterline.config import ConfigError, Settings, load_settings
+from meterline.headers import check_zone
 from meterline.logs import configure_logging
 
 EXIT_USAGE = 2
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary-json", metavar="FILE", help="also write the summary counts as JSON")
     run.add_argument("--config", metavar="FILE", help="meterline.toml settings file")
     run.add_argument("--partitions", type=_positive, help="partitions per topic (default 12)")
+    _cdr_timezone_option(run)
     run.add_argument(
         "--overwrite",
         action="store_true",
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("input", metavar="[FORMAT:]FILE")
     produce.add_argument("--format", default="auto", help="format when FILE has no prefix (default auto)")
     produce.add_argument("--topic", help="raw topic (default: the first configured raw topic)")
+    _cdr_timezone_option(produce)
     _kafka_options(produce)
 
     close = sub.add_parser(
@@ -169,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     close.add_argument("--account", metavar="ID", help="close for one account only")
     _kafka_options(close)
+
+    from meterline.replay_options import add_parser as add_replay_parser
+
+    add_replay_parser(sub, _kafka_options)
 
     query = sub.add_parser(
         "query",
@@ -187,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     broker.add_argument("--port", type=_port, help="port (default: a free one)")
     return parser
+
+
+def _cdr_timezone_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cdr-timezone",
+        metavar="ZONE",
+        help="IANA time zone (e.g. Europe/Paris) of the times in Asterisk CSV inputs; Asterisk "
+        "writes local time unless usegmtime=yes (default: UTC)",
+    )
 
 
 def _positive(text: str) -> int:
@@ -225,8 +241,16 @@ def _run(args: argparse.Namespace) -> int:
     from meterline.publish import parse_input
 
     inputs = [parse_input(spec, args.format) for spec in args.input]
+    zone = check_zone(args.cdr_timezone) if args.cdr_timezone is not None else None
     result = run_pipeline(
-        _settings(args), args.catalog, inputs, args.out, args.close_all, args.config, overwrite=args.overwrite
+        _settings(args),
+        args.catalog,
+        inputs,
+        args.out,
+        args.close_all,
+        args.config,
+        overwrite=args.overwrite,
+        cdr_timezone=zone,
     )
     print_summary(result, args.out)
     if args.summary_json:
@@ -323,8 +347,9 @@ def dispatch(args: argparse.Namespace) -> int:
     if command == "produce":
         from meterline.publish import parse_input, produce_inputs
 
-        settings = _settings(args)
-        count = produce_inputs(settings, [parse_input(args.input, args.format)], args.topic)
+        zone = check_zone(args.cdr_timezone) if args.cdr_timezone is not None else None
+        item = parse_input(args.input, args.format)
+        count = produce_inputs(_settings(args), [item], args.topic, cdr_timezone=zone)
         print(f"produced {count} records")
         return 0
     if command == "close":
@@ -334,6 +359,10 @@ def dispatch(args: argparse.Namespace) -> int:
         publish_close(_settings(args), args.period, args.account)
         print(f"close of {args.period}{' for ' + args.account if args.account else ''} published")
         return 0
+    if command == "replay":
+        from meterline.replay import command as replay_command
+
+        return replay_command(_settings(args), args)
     if command == "query":
         return _query(args)
     if command == "broker":

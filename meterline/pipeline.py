@@ -31,6 +31,7 @@ from meterline.catalog import Catalog
 from meterline.catalog_file import load_catalog
 from meterline.command_errors import UserError
 from meterline.config import RawTopic, Settings, settings_to_toml
+from meterline.headers import REJECTED_FILE, SourceLines, write_rejected
 from meterline.progress import StatsReader, Totals, drained
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
 from meterline.workers import STAGES
@@ -46,7 +47,10 @@ class OutputExists(UserError):
 
 # What a run writes into --out: the billing store, its Parquet datasets, the workers'
 # logs and the invoice site. Only these are ever removed by --overwrite.
-OUTPUTS: Final = ("billing.duckdb", "billing.duckdb.wal", "rated_usage", "invoices", "logs", "site")
+OUTPUTS: Final = (
+    "billing.duckdb", "billing.duckdb.wal", "rated_usage", "invoices", "logs", "site", "rejected",
+    REJECTED_FILE,
+)  # fmt: skip
 
 
 def earlier_outputs(out: Path) -> list[Path]:
@@ -87,6 +91,8 @@ class RunResult:
     accounts: int = 0
     # (currency, invoices, total) over all drafts, for the summary.
     invoice_totals: tuple[tuple[str, int, Decimal], ...] = ()
+    # Each rejection with its input file and line.
+    rejected_file: Path | None = None
 
     def summary(self) -> dict[str, int]:
         t = self.totals
@@ -216,11 +222,14 @@ def run_pipeline(
     config: str | None = None,
     timeout_s: float = 3600,
     overwrite: bool = False,
+    cdr_timezone: str | None = None,
 ) -> RunResult:
     """Run the whole pipeline on a private embedded broker; outputs go to `out_dir`.
 
     An `out_dir` holding an earlier run's outputs is refused (OutputExists) unless
-    `overwrite`, which removes those outputs first.
+    `overwrite`, which removes those outputs first. Each rejection is listed with its
+    input file and line in `out_dir/rejected.jsonl`. `cdr_timezone` is the zone of the
+    times of Asterisk CSV inputs.
     """
     catalog = load_catalog(catalog_path)  # a bad catalog fails here, before anything starts
     out = Path(out_dir).resolve()
@@ -239,14 +248,18 @@ def run_pipeline(
         create_topics(s)
         publish_catalog(s, catalog_path)
         workers = Workers(s, out, str(worker_config))
+        lines = SourceLines(s.partitions)
         try:
             for stage in STAGES:
                 workers.start(stage)
-            published = produce_inputs(s, list(inputs), key_by_account=True)
+            published = produce_inputs(
+                s, list(inputs), key_by_account=True, cdr_timezone=cdr_timezone, lines=lines
+            )
             totals = _wait_drained(s, workers, published, timeout_s)
         finally:
             workers.stop()
-        return _finish(s, catalog, out, totals, published, close_all)
+        _, rejected_file = write_rejected(s, raw.name, lines, out)
+        return replace(_finish(s, catalog, out, totals, published, close_all), rejected_file=rejected_file)
 
 
 def _wait_drained(settings: Settings, workers: Workers, published: int, timeout_s: float) -> Totals:
@@ -327,6 +340,11 @@ def print_summary(result: RunResult, out_dir: str, stream: IO[str] = sys.stdout)
     )
     for problem in result.problems:
         stream.write(f"problem: {problem}\n")
+    if result.rejected_file is not None and t.rejected_total:
+        stream.write(
+            f"{t.rejected_total} rejected records, with the file and line of each, are in "
+            f"{result.rejected_file} (file, line, reason, detail)\n"
+        )
     stream.write(f"accounts in catalog: {result.accounts}\n")
     for currency, count, total in result.invoice_totals:
         exact = total.quantize(Decimal(1).scaleb(-minor_units(currency)))

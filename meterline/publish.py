@@ -28,6 +28,7 @@ from meterline.command_clients import ClientErrors, DeliveryError, check_reachab
 from meterline.command_errors import UserError
 from meterline.config import Settings
 from meterline.dlq import TRUNCATED_HEADER, max_bytes_of, record_size
+from meterline.headers import CDR_TIMEZONE_HEADER, SOURCE_FILE_HEADER, SOURCE_LINE_HEADER, SourceLines
 from meterline.kafka_config import client_config, plain_producer_config, transactional_producer_config
 from meterline.tables import CompactedTable, PeriodsTable
 from meterline.topics import CONTRACTS, PERIODS, ensure_topics, pipeline_topics
@@ -173,11 +174,17 @@ def _publish_transaction(settings: Settings, changes: list[tuple[bytes, bytes | 
 
 def read_records(item: InputFile) -> Iterator[bytes]:
     """One raw record per non-empty line (JSON Lines, or one CDR row per line)."""
+    for _, record in numbered_records(item):
+        yield record
+
+
+def numbered_records(item: InputFile) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, record) per non-empty line."""
     with item.path.open("rb") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             line = line.rstrip(b"\r\n")
             if line.strip():
-                yield line
+                yield number, line
 
 
 def produce_inputs(
@@ -186,8 +193,12 @@ def produce_inputs(
     topic: str | None = None,
     on_progress: Callable[[int], None] | None = None,
     key_by_account: bool = False,
+    cdr_timezone: str | None = None,
+    lines: SourceLines | None = None,
 ) -> int:
-    """Publish raw records, files in the order given; each carries its file's format.
+    """Publish raw records, files in the order given; each carries its file's format and
+    its file and line (`meterline.source.file`, `meterline.source.line`), and records of
+    Asterisk CSV files the `cdr_timezone` if one is given (`meterline.cdr_timezone`).
 
     Returns the count once every record is acknowledged; raises KafkaUnavailable when
     no broker answers and DeliveryError when any record was not delivered.
@@ -199,6 +210,9 @@ def produce_inputs(
     A record too large for the producer is published as its longest prefix that fits,
     with header `meterline.truncated` = its length in bytes; mediation rejects it as
     `too_large`, so one huge line never stops a run.
+
+    With `lines` (for a topic that was empty), each record's partition is chosen here
+    and noted there with its file and line, so a DLQ record can name its input line.
     """
     check_reachable(settings)
     failures: list[KafkaError] = []
@@ -222,20 +236,32 @@ def produce_inputs(
     topic = topic or settings.raw_topics[0].name
     max_bytes = max_bytes_of(settings.kafka)
 
+    if lines is not None:
+        partitions = producer.list_topics(topic, timeout=10).topics[topic].partitions
+        lines = lines if lines.partitions == len(partitions) else None
     count = 0
     for item in inputs:
-        headers = [(FORMAT_HEADER, item.format.encode())]
-        # Below this a record fits whatever its key (keys are account ids, far shorter).
+        name = str(item.path)
+        headers = [(FORMAT_HEADER, item.format.encode()), (SOURCE_FILE_HEADER, name.encode())]
+        if cdr_timezone is not None and item.format == "asterisk-csv":
+            headers.append((CDR_TIMEZONE_HEADER, cdr_timezone.encode()))
+        file = lines.file(name) if lines is not None else 0
+        # Below this a record fits whatever its key (keys are account ids, far shorter) and line.
         fits = max_bytes - record_size(b"", None, headers) - 1024
-        for record in read_records(item):
+        for number, record in numbered_records(item):
             account = account_of(record, item.format, settings.max_record_bytes) if key_by_account else None
             key = account.encode() if account is not None else None
-            record_headers = headers
+            record_headers = [*headers, (SOURCE_LINE_HEADER, str(number).encode())]
             if len(record) > fits:
-                record, key, record_headers = _fit(record, key, headers, max_bytes)
+                record, key, record_headers = _fit(record, key, record_headers, max_bytes)
+            partition = -1 if lines is None else lines.partition(key)
             while not failures:
                 try:
-                    producer.produce(topic, value=record, key=key, headers=record_headers)
+                    producer.produce(
+                        topic, value=record, key=key, headers=record_headers, partition=partition
+                    )
+                    if lines is not None:
+                        lines.add(partition, file, number)
                     break
                 except BufferError:  # the queue is full: wait for acknowledgements
                     if not _drain(producer, len(producer) - 1, failures):
