@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 
-from mediation.cloudevents import CE_SPECVERSION, parse_binary_cloudevent
+from mediation.cloudevents import CE_CONTENT_TYPE, CE_SPECVERSION, parse_binary_cloudevent
 from mediation.dedup import SeenSet, dedup_key
 from mediation.enrich import ChargeCache, enrich, local_time
 from mediation.formats import parse_record
@@ -49,6 +49,9 @@ ORIGIN_HEADER = "ml.origin"  # "topic\x1fpartition\x1foffset" of the raw record
 FORMAT_HEADER = "meterline.format"  # set by `meterline produce` per input file
 # Time zone of an Asterisk CSV record's times (`--cdr-timezone` for files); wins over the topic's.
 CDR_TIMEZONE_HEADER = "meterline.cdr_timezone"
+# Headers saying how a raw record is read (with every `ce_` header): its DLQ copy keeps them,
+# so that a replay reads it as it was read; forwarded with it when they say more than its topic.
+_READING_HEADERS = frozenset((FORMAT_HEADER, CDR_TIMEZONE_HEADER, CE_CONTENT_TYPE))
 BLOCK = b"B"  # changelog key prefix of a block of dedup keys: B<period>\x1f<last offset>
 
 
@@ -195,29 +198,41 @@ class MediationProcessor:
     ) -> _Keyed | None:
         """Validate a raw record; forward it to the repartition topic, or return it for the
         keyed step when its topic is keyed by account."""
-        event = self._parse(record, raw, now, counts, result)
+        headers = record.headers
+        named = headers.get(FORMAT_HEADER)
+        fmt = named.decode("utf-8", "replace") if named else raw.format
+        event = self._parse(record, raw, fmt, now, counts, result)
         if event is None:
             return None
         origin = (record.topic, record.partition, record.offset)
         if raw.keyed_by_account:
             return _Keyed(record, event, record.value or b"", origin)
         lineage = lineage_value(*origin)
+        forwarded = [(LINEAGE_HEADER, lineage), (ORIGIN_HEADER, lineage), (RAW_HEADER, record.value or b"")]
+        # JSON formats tell themselves apart under auto; CSV, binary CloudEvents and time zones do not.
+        if (
+            CE_SPECVERSION in headers
+            or CDR_TIMEZONE_HEADER in headers
+            or (fmt == "asterisk-csv" and raw.format != fmt)
+        ):
+            forwarded.extend(_reading(headers))
         output = OutputRecord(
-            self.repartition_topic,
-            encode_usage(event),
-            *_route(event.account_id, self.partitions),
-            [(LINEAGE_HEADER, lineage), (ORIGIN_HEADER, lineage), (RAW_HEADER, record.value or b"")],
+            self.repartition_topic, encode_usage(event), *_route(event.account_id, self.partitions), forwarded
         )
         counts["forwarded"] += 1
         result.outputs.append(output)
         return None
 
     def _parse(
-        self, record: InputRecord, raw: RawTopic, now: datetime, counts: Counter[str], result: BatchResult
+        self,
+        record: InputRecord,
+        raw: RawTopic,
+        fmt: str,
+        now: datetime,
+        counts: Counter[str],
+        result: BatchResult,
     ) -> UsageEvent | None:
         headers = record.headers
-        named = headers.get(FORMAT_HEADER)
-        fmt = named.decode("utf-8", "replace") if named else raw.format
         meters = self.contracts.catalog.meters
         try:
             truncated = headers.get(TRUNCATED_HEADER)
@@ -365,8 +380,13 @@ class MediationProcessor:
                 *origin,
                 truncated=record.headers.get(TRUNCATED_HEADER),
                 max_bytes=self.max_dlq_bytes,
+                kept=_reading(record.headers),
             )
         )
+
+
+def _reading(headers: dict[str, bytes]) -> list[tuple[str, bytes]]:
+    return [(n, v) for n, v in headers.items() if n in _READING_HEADERS or n.startswith("ce_")]
 
 
 def _origin(value: bytes) -> tuple[str, int, int]:

@@ -71,16 +71,19 @@ def dead_letter(
     *,
     truncated: bytes | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    kept: Sequence[tuple[str, bytes]] = (),
 ) -> OutputRecord:
     """The DLQ record of one rejected record, cut to fit `max_bytes` if needed.
 
     `original` is the record as it first entered the pipeline; `topic`, `partition` and
     `offset` say where. `truncated` is the `meterline.truncated` value the original
     already carried (a publisher cut it to publish it): the DLQ copy keeps it, since it
-    names the true original length. The partition is left to the producer's partitioner.
+    names the true original length. `kept` are headers of the original that say how to
+    read it (format, time zone, CloudEvents attributes), so a replay reads it the same way.
+    The partition is left to the producer's partitioner.
     """
     value = original or b""
-    headers = dead_letter_headers(reason, detail, stage, topic, partition, offset)
+    headers = [*dead_letter_headers(reason, detail, stage, topic, partition, offset), *kept]
     if truncated is not None:
         headers.append((TRUNCATED_HEADER, truncated))
     if record_size(value, key, headers) <= max_bytes:

@@ -57,7 +57,11 @@ def cdr(uniqueid: str, local: str) -> bytes:
 # 23:30 in Paris on the last day of March is 21:30Z, in March for an account billed in
 # Paris; read as UTC it would be 01:30 on 1 April in Paris, the next period.
 LAST_EVENING = "2026-03-31 23:30:00"
-DATA = [{"quantity": 3, "region": "eu"}, {"quantity": "1.000000000000000001"}, {"quantity": 7, "n": 1}]
+DATA: list[dict[str, Any]] = [
+    {"quantity": 3, "region": "eu"},
+    {"quantity": "1.000000000000000001"},
+    {"quantity": 7, "n": 1},
+]
 
 
 def ce_headers(event_id: str, time_: str) -> list[tuple[str, bytes]]:
@@ -80,20 +84,22 @@ def structured(event_id: str, time_: str, data: dict[str, Any]) -> bytes:
     ).encode()  # fmt: skip
 
 
-def wait_rated(bootstrap: str, workers: Workers, count: int, timeout: float = 180) -> list[RatedUsage]:
+def wait_outputs(bootstrap: str, workers: Workers, rated: int, rejected: int, timeout: float = 180) -> Any:
+    """The rated records and the DLQ records, once there are as many as expected."""
     deadline = time.monotonic() + timeout
     while True:
-        rated = [decode_rated(m.value()) for m in after_lineage_guard(read_topic(bootstrap, RATED))]
-        if len(rated) >= count:
-            return rated
+        found = [decode_rated(m.value()) for m in after_lineage_guard(read_topic(bootstrap, RATED))]
+        dead = read_topic(bootstrap, REJECTED)
+        if len(found) >= rated and len(dead) >= rejected:
+            return found, dead
         workers.check()
-        rejected = read_topic(bootstrap, REJECTED)
-        assert not rejected, [dict(m.headers() or []) for m in rejected]
-        assert time.monotonic() < deadline, f"only {len(rated)} of {count} rated"
+        assert time.monotonic() < deadline, (
+            f"{len(found)} of {rated} rated, {len(dead)} of {rejected} rejected"
+        )
 
 
 @pytest.fixture(scope="module")
-def rated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RatedUsage]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, RatedUsage], list[Any]]:
     folder = tmp_path_factory.mktemp("interop")
     with EmbeddedBroker() as broker:
         settings = Settings(
@@ -132,15 +138,38 @@ def rated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RatedUsage]:
             producer.produce(
                 "meterline.raw", json.dumps(data).encode(), headers=ce_headers(f"binary-{i}", when)
             )
+        # Unknown account: to the DLQ from the keyed step, with what a replay needs to read it again.
+        ghost = [
+            (n, b"ghost" if n == "ce_subject" else v)
+            for n, v in ce_headers("binary-ghost", "2026-03-02T10:00:00Z")
+        ]
+        producer.produce("meterline.raw", b'{"quantity": 1}', headers=ghost)
         assert producer.flush(30) == 0
         workers = Workers(settings, folder / "out", str(config))
         try:
             workers.start("mediation")
             workers.start("rating")
-            found = wait_rated(broker.bootstrap_servers, workers, 4 + 2 * len(DATA))
+            found, dead = wait_outputs(broker.bootstrap_servers, workers, 4 + 2 * len(DATA), 1)
         finally:
             workers.stop()
-    return {r.event.event_id: r for r in found}
+    return {r.event.event_id: r for r in found}, dead
+
+
+@pytest.fixture(scope="module")
+def rated(world: tuple[dict[str, RatedUsage], list[Any]]) -> dict[str, RatedUsage]:
+    assert len(world[0]) == 4 + 2 * len(DATA)
+    return world[0]
+
+
+def test_the_dlq_copy_of_a_binary_mode_cloudevent_keeps_its_ce_headers(world: Any) -> None:
+    [dead] = world[1]
+    headers = dict(dead.headers() or [])
+    assert (headers["meterline.reason"], dead.value()) == (b"unknown_account", b'{"quantity": 1}')
+    expected = [
+        (n, b"ghost" if n == "ce_subject" else v)
+        for n, v in ce_headers("binary-ghost", "2026-03-02T10:00:00Z")
+    ]
+    assert [(n, v) for n, v in dead.headers() or [] if not n.startswith("meterline.")] == expected
 
 
 @pytest.mark.parametrize(

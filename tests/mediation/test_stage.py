@@ -19,7 +19,7 @@ from mediation.stage import ORIGIN_HEADER, RAW_HEADER, MediationProcessor
 from meterline.catalog import Account, Catalog, Charge, Contract, Meter, Plan
 from meterline.config import RawTopic, Settings
 from meterline.dlq import DEFAULT_MAX_BYTES, TRUNCATED_HEADER, record_size
-from meterline.lineage import lineage_value
+from meterline.lineage import LINEAGE_HEADER, lineage_value
 from meterline.messages import InputRecord, OutputRecord
 from meterline.records import UsageEvent
 from meterline.tables import ContractsTable, PeriodsTable
@@ -364,3 +364,32 @@ def test_with_a_topic_prefix_mediation_reads_and_writes_the_prefixed_topics() ->
     [out] = [o for o in first.outputs if o.topic == "blue." + REPARTITION]
     again = InputRecord(out.topic, 0, 0, out.key, out.value, dict(out.headers or []))
     assert [o.topic for o in stage.process([again]).outputs] == ["blue." + MEDIATED]
+
+
+def test_dlq_copies_keep_the_headers_that_say_how_to_read_them() -> None:
+    # Without them a replay of a binary-mode CloudEvent, or of a CDR read in a zone, reads another record.
+    ce = {
+        "ce_specversion": b"1.0", "ce_id": b"bin-ghost", "ce_type": b"api_calls", "ce_subject": b"ghost",
+        "ce_time": b"2026-03-05T10:00:00Z", "content-type": b"application/json",
+        "meterline.source.line": b"7",
+    }  # fmt: skip
+    stage = processor()
+    first = stage.process(raw_records(RAW, b'{"quantity": 2}', headers=ce))
+    [out] = first.outputs
+    assert {"ce_id", "ce_subject", "content-type"} <= {name for name, _ in out.headers or []}
+    [dead] = stage.process(list(forwarded(first.outputs))).outputs  # unknown_account, in the keyed step
+    kept = dict(dead.headers or [])
+    assert (kept["meterline.reason"], dead.value) == (b"unknown_account", b'{"quantity": 2}')
+    assert {n: v for n, v in kept.items() if not n.startswith("meterline.")} == {
+        n: v for n, v in ce.items() if not n.startswith("meterline.")
+    }
+    zoned = {"meterline.format": b"asterisk-csv", "meterline.cdr_timezone": b"Europe/Paris"}
+    [late] = stage.process(raw_records(RAW, CDR_LATE.replace(b'"acme"', b'"ghost"'), headers=zoned)).outputs
+    [dead] = stage.process(list(forwarded([late]))).outputs
+    assert {n: v for n, v in (dead.headers or []) if n in zoned} == zoned
+
+
+def test_plain_records_are_forwarded_with_no_extra_header() -> None:
+    result = processor().process(raw_records(RAW, native("plain"), headers={"meterline.format": b"json"}))
+    [out] = result.outputs
+    assert [name for name, _ in out.headers or []] == [LINEAGE_HEADER, ORIGIN_HEADER, RAW_HEADER]
