@@ -319,7 +319,7 @@ def test_every_setting_is_documented() -> None:
     defaults = {row[0]: row[1] for row in _table(body)}
     for f in fields(Settings):
         if isinstance(f.default, int | float | str) and not isinstance(f.default, bool):
-            assert defaults[f.name].strip("`") == str(f.default), f.name
+            assert defaults[f.name].strip("`") == (str(f.default) or "(none)"), f.name
 
 
 def test_every_metric_is_documented() -> None:
@@ -500,6 +500,16 @@ def test_worked_examples_come_out_of_meterline_run(tmp_path: Path) -> None:
             assert [(n, k, c, Decimal(a)) for n, k, c, a in got] == _expected_lines(body), account_id
     finally:
         con.close()
+    # outputs.md's queries of the plain Parquet files, for when the worker holds the database
+    statements = [
+        line
+        for block in re.findall(r"```sql\n(.*?)```", _page("outputs.md"), re.S)
+        for line in block.splitlines()
+        if "read_parquet(" in line
+    ]
+    assert len(statements) >= 3
+    for sql in statements:
+        assert duckdb.sql(sql.replace("'meterline-out/", f"'{out}/")).fetchall(), sql
 
 
 def _python_blocks(text: str) -> list[str]:
