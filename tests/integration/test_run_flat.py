@@ -75,6 +75,7 @@ def run_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "events_in: 24" in completed.stdout
+    (out / "stdout.txt").write_text(completed.stdout)
     return out
 
 
@@ -155,6 +156,32 @@ def test_rejections_by_reason_are_queryable(run_output: Path) -> None:
     assert rows == {
         k.removeprefix("rejected."): v for k, v in EXPECTED_SUMMARY.items() if k.startswith("rejected.")
     }
+
+
+def test_each_rejection_names_its_input_file_and_line(run_output: Path) -> None:
+    # Reproduced defect: the summary gave counts by reason only; nothing said which line failed.
+    out = run_output / "out"
+    rows = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    events = str(DATA / "events.jsonl")
+    assert [(r["file"], r["line"], r["reason"]) for r in rows] == [
+        (events, 10, "malformed"),
+        (events, 11, "missing_field"),
+        (events, 13, "invalid_timestamp"),
+        (events, 15, "future_timestamp"),
+        (events, 17, "invalid_quantity"),
+        (events, 19, "too_large"),
+        (events, 21, "unknown_account"),
+        (events, 22, "no_contract_in_effect"),
+        (events, 23, "unknown_meter"),
+        (events, 24, "no_matching_charge"),
+    ]
+    assert all(r["detail"] and r["stage"] == "mediation" for r in rows)
+
+
+def test_the_summary_says_where_the_rejections_are(run_output: Path) -> None:
+    stdout = (run_output / "stdout.txt").read_text()
+    where = run_output / "out" / "rejected.jsonl"
+    assert f"10 rejected records, with the file and line of each, are in {where}" in stdout
 
 
 # --------------------------------------------------------------------------- a second run into the same --out

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).parent.parent / "data"
+NO_BROKER = ["--bootstrap-servers", "127.0.0.1:1"]
 SUBCOMMANDS = [
     ["run"],
     ["demo"],
@@ -20,6 +21,7 @@ SUBCOMMANDS = [
     ["produce"],
     ["close"],
     ["query"],
+    ["replay"],
     ["broker"],
 ]
 
@@ -83,6 +85,27 @@ def test_every_subcommand_has_help(command: list[str]) -> None:
         (["broker", "--port", "70000"], "not a TCP port"),
         (["run", "--catalog", "c.yaml", "--input", "x", "--partitions", "0"], "must be at least 1"),
         (["mediation", "--config", "/nonexistent/meterline.toml"], "no such config file"),
+        # Unknown zones are named before anything is published.
+        (
+            ["produce", str(DATA / "Master.csv"), "--cdr-timezone", "Mars/Olympus", *NO_BROKER],
+            "--cdr-timezone 'Mars/Olympus' is not an IANA time zone",
+        ),
+        (
+            [
+                "run",
+                "--catalog",
+                str(DATA / "catalog.yaml"),
+                "--input",
+                str(DATA / "Master.csv"),
+                "--cdr-timezone",
+                "Europe",
+            ],
+            "--cdr-timezone 'Europe' is not an IANA time zone",
+        ),
+        (["replay", "--reason", "typo", *NO_BROKER], "--reason 'typo' is not a reason code"),
+        (["replay", "--since", "yesterday", *NO_BROKER], "--since 'yesterday' is not an ISO 8601"),
+        (["replay", "--until", "2026-13-01", *NO_BROKER], "--until '2026-13-01'"),
+        (["replay", "--account", "", *NO_BROKER], "--account must not be empty"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(args: list[str], fragment: str) -> None:
@@ -172,3 +195,18 @@ def test_demo_replaces_its_own_output(tmp_path: Path) -> None:
     ]
     assert "reconciliation" in second.stdout and "MISMATCH" not in second.stdout
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_replay_help_says_what_is_replayed_by_default() -> None:
+    result = meterline("replay", "--help")
+    text = " ".join(result.stdout.split())
+    assert "unknown_account, no_contract_in_effect, unknown_meter, no_matching_charge" in text
+    for option in ("--reason", "--account", "--since", "--until", "--dry-run", "--bootstrap-servers"):
+        assert option in text
+
+
+def test_replay_with_no_broker_is_one_line_and_exit_1() -> None:
+    result = meterline("replay", "--bootstrap-servers", "127.0.0.1:1")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach Kafka at 127.0.0.1:1" in lines[0], result.stderr
