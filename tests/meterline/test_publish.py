@@ -17,11 +17,13 @@ from meterline.broker import EmbeddedBroker
 from meterline.command_clients import DeliveryError
 from meterline.config import RawTopic, Settings
 from meterline.dlq import TRUNCATED_HEADER
+from meterline.headers import CDR_TIMEZONE_HEADER, SOURCE_FILE_HEADER, SOURCE_LINE_HEADER, SourceLines
 from meterline.publish import (
     InputError,
     InputFile,
     RemovalRefused,
     check_period,
+    create_topics,
     parse_input,
     produce_inputs,
     publish_catalog,
@@ -323,3 +325,47 @@ def test_a_broker_lost_mid_produce_fails_the_command(
     message = str(failed.value)
     assert "of 60,000 records were not delivered to meterline.raw: no acknowledgement for 3s" in message
     assert int(message.split(" of ")[0].replace(",", "")) >= 10_000
+
+
+@pytest.mark.integration
+def test_records_carry_file_line_and_the_cdr_timezone_of_csv_inputs(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b'{"event_id": "e1"}\n\n{"event_id": "e2"}\n')  # line 2 is empty
+    settings = Settings(bootstrap_servers=fresh_broker.bootstrap_servers, partitions=1)
+    create_topics(settings)
+    inputs = [InputFile(events, "json"), InputFile(DATA / "Master.csv", "asterisk-csv")]
+    rows = len((DATA / "Master.csv").read_bytes().splitlines())
+    assert produce_inputs(settings, inputs, cdr_timezone="Europe/Paris") == 2 + rows
+    found = [dict(m.headers()) for m in read_topic(fresh_broker.bootstrap_servers, "meterline.raw")]
+    where = [(h[SOURCE_FILE_HEADER].decode(), int(h[SOURCE_LINE_HEADER])) for h in found]
+    assert where == [(str(events), 1), (str(events), 3)] + [
+        (str(DATA / "Master.csv"), n) for n in range(1, rows + 1)
+    ]
+    # The zone says how to read Asterisk times: CSV records only.
+    assert [h.get(CDR_TIMEZONE_HEADER) for h in found] == [None, None] + [b"Europe/Paris"] * rows
+
+
+@pytest.mark.integration
+def test_run_notes_the_partition_and_offset_of_each_line(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    # Without a key a record goes round robin; with one, where librdkafka would put it.
+    path = tmp_path / "events.jsonl"
+    lines = [orjson.dumps({"event_id": f"e{n}", "account_id": f"acct-{n % 5}"}) for n in range(40)]
+    path.write_bytes(b"\n".join([*lines, b"not json"]) + b"\n")
+    settings = Settings(bootstrap_servers=fresh_broker.bootstrap_servers, partitions=3)
+    create_topics(settings)
+    noted = SourceLines(3)
+    assert produce_inputs(settings, [InputFile(path, "json")], key_by_account=True, lines=noted) == 41
+    for message in read_topic(fresh_broker.bootstrap_servers, "meterline.raw"):
+        headers = dict(message.headers())
+        assert noted.where(message.partition(), message.offset()) == (
+            headers[SOURCE_FILE_HEADER].decode(),
+            int(headers[SOURCE_LINE_HEADER]),
+        )
+    assert sorted(noted.where(p, o) or ("", 0) for p in range(3) for o in range(41))[-41:] == [
+        (str(path), n) for n in range(1, 42)
+    ]  # every line noted once
+    assert noted.where(0, 10_000) is None
