@@ -103,7 +103,7 @@ def replay(settings: Settings, selection: Selection, dry_run: bool = False) -> R
         selection,
         raw_topics,
         catalog,
-        periods,
+        periods.is_closed,
         before,
         settings.max_record_bytes,
         report,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -28,7 +28,6 @@ from meterline.dlq import DETAIL_HEADER, REASON_HEADER, STAGE_HEADER, TRUNCATED_
 from meterline.kafka_config import consumer_config
 from meterline.reasons import Rejected
 from meterline.replay_options import CATALOG_GAP_REASONS
-from meterline.tables import PeriodsTable
 
 REPLAY_OF_HEADER: Final = "meterline.replay.of"
 FORMAT_HEADER: Final = "meterline.format"
@@ -159,7 +158,7 @@ def select(
     selection: Selection,
     raw_topics: Mapping[str, RawTopic],
     catalog: Catalog,
-    periods: PeriodsTable,
+    is_closed: Callable[[str, str], bool],
     replayed_before: set[str],
     max_record_bytes: int,
     report: ReplayReport,
@@ -185,7 +184,7 @@ def select(
             continue
         why = _why_not(headers, raw, letter, selection, replayed_before)
         if why is None:
-            period = _closed_period(value, fmt, catalog, periods, now, max_record_bytes)
+            period = _closed_period(value, fmt, catalog, is_closed, now, max_record_bytes)
             if period is not None:
                 why = PERIOD_CLOSED
                 report.skipped_periods[(reason, account or "", period)] += 1
@@ -229,7 +228,12 @@ def _format(headers: Mapping[str, bytes], raw: RawTopic | None, value: bytes) ->
 
 
 def _closed_period(
-    value: bytes, fmt: str, catalog: Catalog, periods: PeriodsTable, now: datetime, max_record_bytes: int
+    value: bytes,
+    fmt: str,
+    catalog: Catalog,
+    is_closed: Callable[[str, str], bool],
+    now: datetime,
+    max_record_bytes: int,
 ) -> str | None:
     """The event's period if it is closed for its account; None if open or unreadable
     (mediation decides about those)."""
@@ -239,4 +243,4 @@ def _closed_period(
     except Rejected:
         return None
     period = period_of(local)
-    return period if periods.is_closed(event.account_id, period) else None
+    return period if is_closed(event.account_id, period) else None
