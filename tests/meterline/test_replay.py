@@ -59,7 +59,7 @@ def _letter(
         offset=offset,
         key=out.key,
         value=out.value,
-        headers=[*out.headers, *(extra or [])],
+        headers=[*(out.headers or []), *(extra or [])],
         timestamp=(1, int(at.timestamp() * 1000)),
     )
 
