@@ -102,10 +102,16 @@ def write_decimal(value: Decimal) -> bytes:
     so rounding now would hide a bug. The byte count is fastavro's, one more than the
     magnitude needs, so both write identical bytes (readers take any length).
     """
-    try:
-        unscaled = int(_EXACT.to_integral_exact(value.scaleb(SCALE, _EXACT)))
-    except (ArithmeticError, ValueError):  # Inexact: more places; NaN, infinity
-        raise SchemaError(f"decimal {value} does not fit decimal(38, 18) exactly") from None
+    text = str(value)
+    if len(text) > 19 and text[-19] == "." and "E" not in text:
+        # Exponent -18, the usual case (values are rounded to 18 places): the digits are
+        # the unscaled integer. Twice as fast as the arithmetic below.
+        unscaled = int(text[:-19] + text[-18:])
+    else:
+        try:
+            unscaled = int(_EXACT.to_integral_exact(value.scaleb(SCALE, _EXACT)))
+        except (ArithmeticError, ValueError):  # Inexact: more places; NaN, infinity
+            raise SchemaError(f"decimal {value} does not fit decimal(38, 18) exactly") from None
     magnitude = unscaled if unscaled >= 0 else -unscaled
     if magnitude >= _UNSCALED_LIMIT:
         raise SchemaError(f"decimal {value} does not fit decimal(38, 18) exactly")

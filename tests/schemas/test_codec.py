@@ -172,6 +172,11 @@ def test_decimals_round_trip_exactly_and_fastavro_reads_and_writes_the_same_byte
         ("1E-18", 1),
         ("-1E-18", -1),
         ("1.5", 15 * 10**17),
+        ("0.500000000000000000", 5 * 10**17),  # exponent -18, the usual case
+        ("-12.250000000000000000", -1225 * 10**16),
+        ("0.000000000000000000", 0),
+        ("0.000001000000000000", 10**12),
+        ("0.000000100000000000", 10**11),  # written 1.00000000000E-7
         ("12E+3", 12 * 10**21),
         ("99999999999999999999.999999999999999999", 10**38 - 1),
         ("-99999999999999999999.999999999999999999", -(10**38) + 1),
@@ -185,7 +190,11 @@ def test_write_decimal_carries_the_unscaled_integer(value: str, unscaled: int) -
 
 
 @pytest.mark.parametrize(
-    "value", ["1E-19", "0.1234567890123456789", "1E+20", "-1E+20", "NaN", "sNaN", "Infinity", "1E+999999"]
+    "value",
+    [
+        "1E-19", "0.1234567890123456789", "1E+20", "-1E+20", "NaN", "sNaN", "Infinity", "1E+999999",
+        "100000000000000000000.000000000000000000", "-100000000000000000000.000000000000000000",
+    ],
 )
 def test_decimals_that_would_need_rounding_or_do_not_fit_are_refused(value: str) -> None:
     event = UsageEvent("e", "a", "m", Decimal(value), datetime(2026, 9, 1, tzinfo=UTC), {})
