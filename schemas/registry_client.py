@@ -142,7 +142,9 @@ def resolve_ids(
         except RegistryError as error:
             if (error.status is not None and error.status < 500) or time.monotonic() + delay > deadline:
                 raise
-            log.warning("schema_registry_unavailable", url=url, error=str(error), retry_in_s=delay)
+            log.warning(
+                "schema_registry_unavailable", url=_without_user_info(url), error=str(error), retry_in_s=delay
+            )
             time.sleep(delay)  # a backoff between startup attempts, not a wait on a state
             delay = min(delay * 2, 5.0)
 
@@ -170,13 +172,19 @@ def use_registry(
         retry_s=retry_s,
     )
     configure(ids)
-    log.info("schema_ids", registry=url, mediated=ids.mediated, rated=ids.rated)
+    log.info("schema_ids", registry=_without_user_info(url), mediated=ids.mediated, rated=ids.rated)
     return ids
 
 
 def _resolve(registry: Registry, subject: str, file: str, register: bool) -> int:
     schema = schema_text(file)
     return registry.register(subject, schema) if register else registry.lookup(subject, schema)
+
+
+def _without_user_info(url: str) -> str:
+    """A URL safe to log: credentials written into it (user:password@) left out."""
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _quote(segment: str) -> str:

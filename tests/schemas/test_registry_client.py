@@ -16,7 +16,14 @@ import pytest
 
 from meterline.records import UsageEvent
 from schemas.codec import MEDIATED_FILE, PINNED, RATED_FILE, SchemaIds, configure, decode_usage, encode_usage
-from schemas.registry_client import Registry, RegistryError, resolve_ids, schema_text, use_registry
+from schemas.registry_client import (
+    Registry,
+    RegistryError,
+    _without_user_info,
+    resolve_ids,
+    schema_text,
+    use_registry,
+)
 from tests.support.fake_registry import FakeSchemaRegistry
 
 MEDIATED_TOPIC = "meterline.usage.mediated"
@@ -128,3 +135,8 @@ def test_an_https_registry_is_trusted_through_the_given_ca(tmp_path: Path) -> No
             resolve_ids(registry.url, MEDIATED_TOPIC, RATED_TOPIC, retry_s=0)
         ids = resolve_ids(registry.url, MEDIATED_TOPIC, RATED_TOPIC, ca_location=str(cert))
         assert ids == SchemaIds(1, 2)
+
+
+def test_logged_urls_leave_credentials_out() -> None:
+    assert _without_user_info("https://u:p@registry:8081/x") == "https://registry:8081/x"
+    assert _without_user_info("http://registry:8081") == "http://registry:8081"
