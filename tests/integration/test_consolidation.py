@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -327,7 +327,21 @@ def _rated(event_id: str, quantity: str, before: str, after: str, amount: str) -
         event, "eur-api", "flat", Decimal(quantity), Decimal(amount), Decimal(before), Decimal(after),
         invoice_id_for("alpha", "2026-09"),
     )  # fmt: skip
-    return encode_rated(rated)
+    if abs(Decimal(after)) < 10**20:
+        return encode_rated(rated)
+    # Past what rating (and the codec) will ever write: hand-write the Avro decimal
+    # bytes of aggregate_after, the last decimal before the invoice id.
+    zero = RatedUsage(
+        event, "eur-api", "flat", Decimal(quantity), Decimal(amount), Decimal(before), Decimal(0),
+        rated.invoice_id,
+    )  # fmt: skip
+    invoice = rated.invoice_id.encode()
+    tail = bytes([len(invoice) << 1]) + invoice
+    encoded = encode_rated(zero)
+    assert encoded.endswith(b"\x02\x00" + tail)
+    unscaled = int(Decimal(after).scaleb(18, Context(prec=60)))
+    size = (abs(unscaled).bit_length() + 8) // 8
+    return encoded[: -len(tail) - 2] + bytes([size << 1]) + unscaled.to_bytes(size, "big", signed=True) + tail
 
 
 class InProcessConsolidator:

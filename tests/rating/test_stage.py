@@ -167,7 +167,7 @@ def test_an_aggregate_reaching_ten_to_the_twenty_is_rejected_with_the_original_b
     assert value == b"raw line 1"
     assert (headers["meterline.stage"], headers["meterline.source.offset"]) == (b"rating", b"41")
     assert result.changelog[(MEDIATED, 0)] == [
-        (b"acct-1\x1facct-1-2026\x1fstorage-eu\x1f2026-03", str(big).encode())
+        (b"acct-1\x1facct-1-2026\x1fstorage-eu\x1f2026-03", b"60000000000000000000.000000000000000000")
     ]
 
 
@@ -263,7 +263,7 @@ def test_closed_periods_are_forgotten_and_tombstoned() -> None:
     }
     restored.idle()
     assert restored.process([record(0, 6, event_bytes("e", 1, APRIL))]).changelog[(MEDIATED, 0)] == [
-        (b"acct-1\x1facct-1-2026\x1fstorage-eu\x1f2026-04", b"6")
+        (b"acct-1\x1facct-1-2026\x1fstorage-eu\x1f2026-04", b"6.000000000000000000")
     ]
 
 
