@@ -24,7 +24,6 @@ import orjson
 from meterline.command_errors import UserError
 from meterline.config import Settings
 from meterline.dlq import DETAIL_HEADER, REASON_HEADER, STAGE_HEADER
-from meterline.topics import REJECTED
 
 SOURCE_FILE_HEADER: Final = "meterline.source.file"
 SOURCE_LINE_HEADER: Final = "meterline.source.line"
@@ -97,7 +96,7 @@ def write_rejected(settings: Settings, topic: str, lines: SourceLines, out: Path
 
     rows: list[dict[str, object]] = []
     seen: set[tuple[bytes, ...]] = set()
-    for message in read_to_end(settings, REJECTED, "run-rejected"):
+    for message in read_to_end(settings, settings.topics.rejected, "run-rejected"):
         headers: Mapping[str, bytes] = {n: v for n, v in message.headers() or [] if v is not None}
         # One row per original: a stage may deliver a DLQ record again after an abort.
         origin = tuple(headers.get(n, b"") for n in (STAGE_HEADER, *_SOURCE))

@@ -30,7 +30,7 @@ from meterline.broker import EmbeddedBroker
 from meterline.catalog import Catalog
 from meterline.catalog_file import load_catalog
 from meterline.command_errors import UserError
-from meterline.config import RawTopic, Settings, settings_to_toml
+from meterline.config import Settings, settings_to_toml
 from meterline.headers import REJECTED_FILE, SourceLines, write_rejected
 from meterline.progress import StatsReader, Totals, drained
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
@@ -240,7 +240,7 @@ def run_pipeline(
         raw = settings.raw_topics[0]
         s = replace(
             settings.with_overrides(bootstrap_servers=broker.bootstrap_servers, instance_id="run"),
-            raw_topics=(RawTopic(raw.name, raw.format, keyed_by_account=True),),
+            raw_topics=(replace(raw, keyed_by_account=True),),
         )
         worker_config = Path(private) / "meterline.toml"  # may hold secrets: private folder, not DIR
         worker_config.write_text(settings_to_toml(s))
@@ -258,7 +258,7 @@ def run_pipeline(
             totals = _wait_drained(s, workers, published, timeout_s)
         finally:
             workers.stop()
-        _, rejected_file = write_rejected(s, raw.name, lines, out)
+        _, rejected_file = write_rejected(s, s.topics.name(raw.name), lines, out)
         return replace(_finish(s, catalog, out, totals, published, close_all), rejected_file=rejected_file)
 
 

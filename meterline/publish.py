@@ -31,7 +31,7 @@ from meterline.dlq import TRUNCATED_HEADER, max_bytes_of, record_size
 from meterline.headers import CDR_TIMEZONE_HEADER, SOURCE_FILE_HEADER, SOURCE_LINE_HEADER, SourceLines
 from meterline.kafka_config import client_config, plain_producer_config, transactional_producer_config
 from meterline.tables import CompactedTable, PeriodsTable
-from meterline.topics import CONTRACTS, PERIODS, ensure_topics, pipeline_topics
+from meterline.topics import ensure_topics
 
 FORMAT_HEADER = "meterline.format"
 # How long a command waits for the acknowledgements of what it produced.
@@ -85,7 +85,7 @@ def create_topics(settings: Settings) -> None:
     admin = AdminClient(quiet(client_config(settings.bootstrap_servers, settings.kafka), errors))
     ensure_topics(
         admin,
-        pipeline_topics([t.name for t in settings.raw_topics], settings.partitions),
+        settings.topics.pipeline([t.name for t in settings.raw_topics], settings.partitions),
         settings.replication_factor,
     )
 
@@ -106,7 +106,8 @@ def publish_catalog(
     parse_catalog(document, source=source)  # raises CatalogError with file, path and problem
     entities = catalog_entities(document, source)
     create_topics(settings)
-    current = CompactedTable(CONTRACTS, settings.bootstrap_servers, settings.kafka, "publisher")
+    topics = settings.topics
+    current = CompactedTable(topics.contracts, settings.bootstrap_servers, settings.kafka, "publisher")
     try:
         current.load()
     finally:
@@ -136,7 +137,8 @@ def publish_catalog(
 
 
 def _closed_periods(settings: Settings) -> Callable[[str, str], bool]:
-    table = CompactedTable(PERIODS, settings.bootstrap_servers, settings.kafka, "publisher-periods")
+    topic = settings.topics.periods
+    table = CompactedTable(topic, settings.bootstrap_servers, settings.kafka, "publisher-periods")
     periods = PeriodsTable(table)
     try:
         periods.load()
@@ -152,7 +154,7 @@ def _publish_transaction(settings: Settings, changes: list[tuple[bytes, bytes | 
             transactional_producer_config(
                 settings.bootstrap_servers,
                 settings.kafka,
-                f"meterline-contracts-publisher-{settings.instance_id}",
+                settings.topics.group(f"meterline-contracts-publisher-{settings.instance_id}"),
             ),
             errors,
         )
@@ -161,12 +163,12 @@ def _publish_transaction(settings: Settings, changes: list[tuple[bytes, bytes | 
         producer.init_transactions(30)
         producer.begin_transaction()
         for key, value in changes:
-            producer.produce(CONTRACTS, key=key, value=value)
+            producer.produce(settings.topics.contracts, key=key, value=value)
         producer.commit_transaction(DELIVERY_TIMEOUT_S)
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None
         reason = error.str() if isinstance(error, KafkaError) else str(exc)
-        raise DeliveryError(f"catalog not published to {CONTRACTS}: {reason}") from exc
+        raise DeliveryError(f"catalog not published to {settings.topics.contracts}: {reason}") from exc
 
 
 # --------------------------------------------------------------------------- raw records
@@ -233,7 +235,7 @@ def produce_inputs(
             errors,
         )
     )
-    topic = topic or settings.raw_topics[0].name
+    topic = topic or settings.topics.name(settings.raw_topics[0].name)
     max_bytes = max_bytes_of(settings.kafka)
 
     if lines is not None:
@@ -380,5 +382,5 @@ def publish_close(settings: Settings, period: str, account_id: str | None = None
         "closed_at": datetime.now(UTC).isoformat(),
         "by": "close",
     }
-    producer.produce(PERIODS, key=key.encode(), value=orjson.dumps(value))
-    _await_delivery(producer, 1, PERIODS, failures, errors)
+    producer.produce(settings.topics.periods, key=key.encode(), value=orjson.dumps(value))
+    _await_delivery(producer, 1, settings.topics.periods, failures, errors)

@@ -48,7 +48,7 @@ from meterline.replay_select import (
     select,
 )
 from meterline.tables import CompactedTable, ContractsTable, PeriodsTable
-from meterline.topics import COMPACTED, CONTRACTS, PERIODS, REJECTED, ensure_topics
+from meterline.topics import COMPACTED, ensure_topics
 
 # Copies per transaction: a rerun after an interrupt redoes at most this many.
 CHUNK: Final = 1000
@@ -58,7 +58,7 @@ TRANSACTION_TIMEOUT_S: Final = 60.0
 def replayed_letters(settings: Settings) -> set[str]:
     """The DLQ records replayed before (keys of `meterline.replays`)."""
     found: set[str] = set()
-    for message in read_to_end(settings, REPLAYS, "replay-markers"):
+    for message in read_to_end(settings, settings.topics.name(REPLAYS), "replay-markers"):
         key = message.key()
         if key is not None:
             # A tombstone gives a record back to replay.
@@ -67,8 +67,9 @@ def replayed_letters(settings: Settings) -> set[str]:
 
 
 def _catalog_and_periods(settings: Settings) -> tuple[Catalog, PeriodsTable]:
-    contracts_topic = CompactedTable(CONTRACTS, settings.bootstrap_servers, settings.kafka, "replay")
-    periods_topic = CompactedTable(PERIODS, settings.bootstrap_servers, settings.kafka, "replay-periods")
+    servers, kafka, topics = settings.bootstrap_servers, settings.kafka, settings.topics
+    contracts_topic = CompactedTable(topics.contracts, servers, kafka, "replay")
+    periods_topic = CompactedTable(topics.periods, servers, kafka, "replay-periods")
     contracts, periods = ContractsTable(contracts_topic), PeriodsTable(periods_topic)
     try:
         contracts.load()
@@ -93,13 +94,13 @@ def replay(settings: Settings, selection: Selection, dry_run: bool = False) -> R
     create_topics(settings)
     errors = ClientErrors()
     admin = AdminClient(quiet(client_config(settings.bootstrap_servers, settings.kafka), errors))
-    ensure_topics(admin, {REPLAYS: (1, COMPACTED)}, settings.replication_factor)
+    ensure_topics(admin, {settings.topics.name(REPLAYS): (1, COMPACTED)}, settings.replication_factor)
     catalog, periods = _catalog_and_periods(settings)
     before = replayed_letters(settings)
     report = ReplayReport()
-    raw_topics = {t.name: t for t in settings.raw_topics}
+    raw_topics = {settings.topics.name(t.name): t for t in settings.raw_topics}
     copies = select(
-        read_to_end(settings, REJECTED, "replay"),
+        read_to_end(settings, settings.topics.rejected, "replay"),
         selection,
         raw_topics,
         catalog,
@@ -118,11 +119,14 @@ def _publish(settings: Settings, copies: list[Copy]) -> None:
     producer = Producer(
         quiet(
             transactional_producer_config(
-                settings.bootstrap_servers, settings.kafka, f"meterline-replay-{settings.instance_id}"
+                settings.bootstrap_servers,
+                settings.kafka,
+                settings.topics.group(f"meterline-replay-{settings.instance_id}"),
             ),
             errors,
         )
     )
+    markers = settings.topics.name(REPLAYS)
     done = 0
     try:
         producer.init_transactions(30)
@@ -133,7 +137,7 @@ def _publish(settings: Settings, copies: list[Copy]) -> None:
             for item in chunk:
                 producer.produce(item.topic, value=item.value, key=item.key, headers=item.headers)
                 marker: dict[str, Any] = {"replayed_at": at, "topic": item.topic, "reason": item.reason}
-                producer.produce(REPLAYS, key=item.letter.encode(), value=orjson.dumps(marker))
+                producer.produce(markers, key=item.letter.encode(), value=orjson.dumps(marker))
                 producer.poll(0)
             producer.commit_transaction(TRANSACTION_TIMEOUT_S)
             done += len(chunk)

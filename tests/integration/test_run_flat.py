@@ -4,6 +4,7 @@ invoice lines computed by hand (flat charges, two accounts, two periods)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
 
@@ -231,3 +232,47 @@ def test_overwrite_replaces_the_earlier_run_and_a_huge_line_is_too_large(
     test_invoice_lines_match_hand_computed(run_output)
     test_drafts_are_final_with_exact_totals(run_output)
     test_rated_usage_traces_every_invoice_line(run_output)
+
+
+# --------------------------------------------------------------------------- Asterisk local times
+
+VOICE_CATALOG = """
+meters:
+  - {code: voice, unit: minute, aggregation: sum, source_unit: second}
+plans:
+  - id: calls
+    currency: EUR
+    charges:
+      - {id: voice, meter: voice, model: flat, unit_price: "0.01"}
+accounts:
+  - id: acme
+    timezone: Europe/Paris
+    contracts:
+      - {id: acme-1, plan: calls, start: "2026-01-01", end: null}
+"""
+
+
+def _cdr(uniqueid: str, answer: str, billsec: int) -> str:
+    head = ["acme", "1001", "4420794600123", "from-internal", "Alice", "PJSIP/1", "PJSIP/2", "Dial", "x"]
+    fields = [*head, answer, answer, answer, str(billsec), str(billsec), "ANSWERED", "DOC", uniqueid]
+    return ",".join(f'"{f}"' for f in fields)
+
+
+def test_run_reads_asterisk_times_in_the_cdr_timezone(tmp_path: Path) -> None:
+    # 23:30 in Paris on the last day of September is September's usage; read as UTC it
+    # would be 01:30 on October 1 in Paris.
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(VOICE_CATALOG)
+    cdrs = tmp_path / "Master.csv"
+    rows = [_cdr("1.1", "2026-09-30 23:30:00", 120), _cdr("1.2", "2026-10-01 00:30:00", 60)]
+    cdrs.write_text("\n".join(rows) + "\n")
+    completed = meterline_run(
+        catalog, str(cdrs), tmp_path / "out", "--cdr-timezone", "Europe/Paris", partitions=2, timeout=300
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    db = duckdb.connect(str(tmp_path / "out" / "billing.duckdb"), read_only=True)
+    rated = db.execute("SELECT event_id, period, event_time FROM rated_usage ORDER BY event_id").fetchall()
+    assert [(e, p, t.astimezone(UTC).isoformat()) for e, p, t in rated] == [
+        ("1.1", "2026-09", "2026-09-30T21:30:00+00:00"),
+        ("1.2", "2026-10", "2026-09-30T22:30:00+00:00"),
+    ]
