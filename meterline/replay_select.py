@@ -14,8 +14,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Final
+from zoneinfo import ZoneInfo
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
@@ -25,6 +26,7 @@ from meterline.catalog import Catalog
 from meterline.command_clients import ClientErrors, DeliveryError, quiet
 from meterline.config import RawTopic, Settings
 from meterline.dlq import DETAIL_HEADER, REASON_HEADER, STAGE_HEADER, TRUNCATED_HEADER
+from meterline.headers import CDR_TIMEZONE_HEADER
 from meterline.kafka_config import consumer_config
 from meterline.reasons import Rejected
 from meterline.replay_options import CATALOG_GAP_REASONS
@@ -42,6 +44,7 @@ _DLQ_HEADERS: Final = frozenset(
     | {SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET}
 )
 
+CE_SUBJECT_HEADER: Final = "ce_subject"  # CloudEvents binary content mode: the account
 # Why a selected record was not replayed.
 TRUNCATED: Final = "truncated"
 NOT_RAW: Final = "source_not_a_raw_topic"
@@ -179,12 +182,13 @@ def select(
         topic = headers.get(SOURCE_TOPIC, b"").decode("utf-8", "replace")
         raw = raw_topics.get(topic)
         fmt = _format(headers, raw, value)
-        account = account_of(value, fmt, max_record_bytes) if raw is not None else None
+        account = _account(headers, value, fmt, max_record_bytes) if raw is not None else None
         if selection.account is not None and account != selection.account:
             continue
         why = _why_not(headers, raw, letter, selection, replayed_before)
         if why is None:
-            period = _closed_period(value, fmt, catalog, is_closed, now, max_record_bytes)
+            zone = _zone(headers, raw) if fmt == "asterisk-csv" else None
+            period = _closed_period(value, fmt, zone, catalog, is_closed, now, max_record_bytes)
             if period is not None:
                 why = PERIOD_CLOSED
                 report.skipped_periods[(reason, account or "", period)] += 1
@@ -222,14 +226,34 @@ def _format(headers: Mapping[str, bytes], raw: RawTopic | None, value: bytes) ->
     if given is not None:
         return given.decode("utf-8", "replace")
     fmt = raw.format if raw is not None else "auto"
-    if fmt == "auto" and not value.lstrip().startswith(b"{"):
+    if fmt == "auto" and CE_SUBJECT_HEADER not in headers and not value.lstrip().startswith(b"{"):
         return "asterisk-csv"
     return fmt
+
+
+def _account(headers: Mapping[str, bytes], value: bytes, fmt: str, max_record_bytes: int) -> str | None:
+    """The account of the original: a binary-mode CloudEvent names it in a header."""
+    subject = headers.get(CE_SUBJECT_HEADER)
+    if subject is not None:
+        return subject.decode("utf-8", "replace") or None
+    return account_of(value, fmt, max_record_bytes)
+
+
+def _zone(headers: Mapping[str, bytes], raw: RawTopic | None) -> tzinfo | None:
+    """The zone of an Asterisk record's times, as mediation reads it: its header (should the
+    DLQ keep it), else its raw topic's setting; None is UTC."""
+    given = headers.get(CDR_TIMEZONE_HEADER)
+    name = given.decode("utf-8", "replace") if given is not None else raw.cdr_timezone if raw else None
+    try:
+        return ZoneInfo(name) if name else None
+    except (ValueError, KeyError, OSError):
+        return None  # mediation rejects such a record; nothing closed to report
 
 
 def _closed_period(
     value: bytes,
     fmt: str,
+    zone: tzinfo | None,
     catalog: Catalog,
     is_closed: Callable[[str, str], bool],
     now: datetime,
@@ -238,7 +262,7 @@ def _closed_period(
     """The event's period if it is closed for its account; None if open or unreadable
     (mediation decides about those)."""
     try:
-        event = parse_record(value, fmt, catalog.meters, now, max_record_bytes)
+        event = parse_record(value, fmt, catalog.meters, now, max_record_bytes, cdr_zone=zone)
         _, local = local_time(event, catalog)
     except Rejected:
         return None

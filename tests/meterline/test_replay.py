@@ -164,3 +164,27 @@ def test_options() -> None:
     assert parse_time("2026-09-01T14:00:00+02:00", "--since") == datetime(2026, 9, 1, 12, tzinfo=UTC)
     with pytest.raises(UsageError, match="--until"):
         parse_time("soon", "--until")
+
+
+def test_a_binary_cloudevent_keeps_its_headers_and_names_its_account() -> None:
+    # The DLQ keeps the headers that say how to read the original (ce_*, format, zone);
+    # the copy carries them back, and --account reads the subject header.
+    ce = [("ce_specversion", b"1.0"), ("ce_id", b"c1"), ("ce_subject", b"beta")]
+    ce.append(("content-type", b"application/json"))
+    letters = [_letter(b'{"quantity": 3}', "unknown_account", extra=ce)]
+    copies, _ = _select(letters, Selection(account="beta"))
+    assert [(account, headers) for _, account, _, headers in copies] == [
+        ("beta", {**dict(ce), REPLAY_OF_HEADER: f"{REJECTED}/0/0".encode()})
+    ]
+
+
+def test_a_cdr_is_placed_in_its_period_in_its_time_zone() -> None:
+    # Answered 2026-09-01 09:15:05 in Pacific/Kiritimati (UTC+14): 2026-08-31 21:15 in
+    # alpha's Paris, so August, the closed period; read as UTC it would be September.
+    zone = [("meterline.format", b"asterisk-csv"), ("meterline.cdr_timezone", b"Pacific/Kiritimati")]
+    late = CDR.replace(b"2026-09-02 09:15:05", b"2026-09-01 09:15:05")
+    closed = {("alpha", "2026-08")}
+    _, in_zone = _select([_letter(late, "unknown_meter", extra=zone)], closed=closed)
+    assert in_zone.skipped == {("unknown_meter", PERIOD_CLOSED): 1}
+    _, in_utc = _select([_letter(late, "unknown_meter", extra=zone[:1])], closed=closed)
+    assert in_utc.skipped == {}
