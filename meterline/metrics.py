@@ -79,6 +79,7 @@ DLQ_TRUNCATED = Counter(
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/metrics"):
+            HEALTH.status()  # refreshes meterline_healthy for scrapes between probes
             body, status, kind = generate_latest(), 200, CONTENT_TYPE_LATEST
         elif self.path.startswith("/healthz"):
             ok, reason = HEALTH.status()
