@@ -18,19 +18,19 @@ from typing import Final
 
 import orjson
 
-from mediation.formats import DEFAULT_MAX_SIZE, load_exact, may_have_lost_digits, measured
+from mediation.formats import (
+    CE_CONTENT_TYPE,
+    DEFAULT_MAX_SIZE,
+    load_exact,
+    may_have_lost_digits,
+    measured,
+)
 from mediation.normalize import FieldNames, RawUsage, payload, to_event
 from meterline.catalog import Meter
 from meterline.reasons import MALFORMED, TOO_LARGE, Rejected
 from meterline.records import UsageEvent
 
-CE_SPECVERSION: Final = "ce_specversion"
-CE_CONTENT_TYPE: Final = "content-type"
 _NAMES: Final = FieldNames("ce_id", "ce_subject", "ce_type", "ce_time")
-
-
-def is_binary_cloudevent(headers: Mapping[str, bytes]) -> bool:
-    return CE_SPECVERSION in headers
 
 
 def parse_binary_cloudevent(

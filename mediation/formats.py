@@ -5,7 +5,8 @@ normalized `UsageEvent` out, or `Rejected` with the reason of its first defect.
 
 Each reader only finds a record's fields (rejecting what cannot be read as
 `malformed`); :mod:`mediation.normalize` validates them and builds the event.
-Pure and per record: no Kafka, no clock.
+Pure and per record: no Kafka, no clock. CloudEvents in binary content mode (attributes
+in `ce_` record headers) are read by :mod:`mediation.cloudevents`.
 
 Exact numbers: orjson reads JSON fast but into floats, which keep only 15-17
 significant digits. A float is exact whenever the literal it came from had at
@@ -43,6 +44,11 @@ from meterline.records import UsageEvent
 
 FORMATS: Final = ("auto", "json", "cloudevents", "lago", "asterisk-csv")
 DEFAULT_MAX_SIZE: Final = 65_536
+
+# CloudEvents' Kafka protocol binding, binary content mode (read by mediation.cloudevents):
+# a record with this header carries its attributes in `ce_` headers, its data as value.
+CE_SPECVERSION: Final = "ce_specversion"
+CE_CONTENT_TYPE: Final = "content-type"
 
 _JSON_FORMATS: Final = frozenset(("auto", "json", "cloudevents", "lago"))
 _LAGO_KEYS: Final = ("transaction_id", "external_customer_id", "external_subscription_id")

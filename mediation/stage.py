@@ -26,10 +26,10 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 
-from mediation.cloudevents import CE_CONTENT_TYPE, CE_SPECVERSION, parse_binary_cloudevent
+from mediation.cloudevents import parse_binary_cloudevent
 from mediation.dedup import SeenSet, dedup_key
 from mediation.enrich import ChargeCache, enrich, local_time
-from mediation.formats import parse_record
+from mediation.formats import CE_CONTENT_TYPE, CE_SPECVERSION, parse_record
 from mediation.normalize import cdr_zone
 from meterline import metrics
 from meterline.catalog import Account
