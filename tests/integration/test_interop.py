@@ -17,6 +17,8 @@ from meterline.config import RawTopic, Settings, settings_to_toml
 from meterline.pipeline import Workers
 from meterline.publish import create_topics, publish_catalog
 from meterline.records import RatedUsage
+from meterline.replay import replay
+from meterline.replay_select import Selection
 from meterline.topics import RATED, REJECTED
 from schemas.codec import decode_rated
 from tests.integration.harness import after_lineage_guard, read_topic
@@ -41,6 +43,17 @@ accounts:
     contracts:
       - {id: acme-2026, plan: pbx, start: "2026-01-01", end: null}
 """
+
+# The catalog fixed: the account of the records first rejected as unknown_account.
+FIXED_CATALOG = (
+    CATALOG
+    + """  - id: ghost
+    name: Ghost SARL
+    timezone: Europe/Paris
+    contracts:
+      - {id: ghost-2026, plan: pbx, start: "2026-01-01", end: null}
+"""
+)
 
 PARIS_TOPIC = "pbx.paris"  # unkeyed, cdr_timezone = Europe/Paris
 LINES_TOPIC = "pbx.lines"  # keyed by account, no zone: UTC unless a record's header says otherwise
@@ -99,7 +112,9 @@ def wait_outputs(bootstrap: str, workers: Workers, rated: int, rejected: int, ti
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, RatedUsage], list[Any]]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[dict[str, RatedUsage], list[Any], dict[str, RatedUsage]]:
     folder = tmp_path_factory.mktemp("interop")
     with EmbeddedBroker() as broker:
         settings = Settings(
@@ -144,25 +159,50 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, RatedUsag
             for n, v in ce_headers("binary-ghost", "2026-03-02T10:00:00Z")
         ]
         producer.produce("meterline.raw", b'{"quantity": 1}', headers=ghost)
+        zoned = [("meterline.cdr_timezone", b"Europe/Paris")]
+        producer.produce(
+            LINES_TOPIC, cdr("ghost-cdr", LAST_EVENING).replace(b'"acme"', b'"ghost"'), headers=zoned
+        )
         assert producer.flush(30) == 0
         workers = Workers(settings, folder / "out", str(config))
         try:
             workers.start("mediation")
             workers.start("rating")
-            found, dead = wait_outputs(broker.bootstrap_servers, workers, 4 + 2 * len(DATA), 1)
+            found, dead = wait_outputs(broker.bootstrap_servers, workers, 4 + 2 * len(DATA), 2)
+            # Once the catalog is fixed, a replay reads the DLQ copies as the originals were read.
+            (folder / "fixed.yaml").write_text(FIXED_CATALOG)
+            publish_catalog(settings, folder / "fixed.yaml")
+            assert sum(replay(settings, Selection()).replayed.values()) == 2
+            after, _ = wait_outputs(broker.bootstrap_servers, workers, 6 + 2 * len(DATA), 2)
         finally:
             workers.stop()
-    return {r.event.event_id: r for r in found}, dead
+    return {r.event.event_id: r for r in found}, dead, {r.event.event_id: r for r in after}
 
 
 @pytest.fixture(scope="module")
-def rated(world: tuple[dict[str, RatedUsage], list[Any]]) -> dict[str, RatedUsage]:
+def rated(world: tuple[dict[str, RatedUsage], list[Any], Any]) -> dict[str, RatedUsage]:
     assert len(world[0]) == 4 + 2 * len(DATA)
     return world[0]
 
 
+def test_rejected_binary_cloudevents_and_zoned_cdrs_are_rated_once_replayed(world: Any) -> None:
+    replayed = world[2]
+    cdr_event = replayed["ghost-cdr"].event
+    assert (cdr_event.account_id, cdr_event.event_time.isoformat(), cdr_event.period) == (
+        "ghost",
+        "2026-03-31T21:30:00+00:00",
+        "2026-03",
+    )
+    ce_event = replayed["binary-ghost"].event
+    assert (ce_event.account_id, ce_event.quantity, ce_event.source_format) == (
+        "ghost",
+        Decimal(1),
+        "cloudevents",
+    )
+
+
 def test_the_dlq_copy_of_a_binary_mode_cloudevent_keeps_its_ce_headers(world: Any) -> None:
-    [dead] = world[1]
+    [dead] = [m for m in world[1] if m.value() == b'{"quantity": 1}']
     headers = dict(dead.headers() or [])
     assert (headers["meterline.reason"], dead.value()) == (b"unknown_account", b'{"quantity": 1}')
     expected = [
