@@ -94,6 +94,7 @@ class MediationProcessor:
         topics = settings.topics
         self.repartition_topic = topics.repartition
         self.mediated_topic = topics.mediated
+        self.rejected_topic = topics.rejected
         # By the names the records come from (with this installation's topic prefix).
         self.raw_topics: dict[str, RawTopic] = {topics.name(t.name): t for t in settings.raw_topics}
         # Validated when the settings were loaded.
@@ -381,6 +382,7 @@ class MediationProcessor:
                 truncated=record.headers.get(TRUNCATED_HEADER),
                 max_bytes=self.max_dlq_bytes,
                 kept=_reading(record.headers),
+                dlq_topic=self.rejected_topic,
             )
         )
 

@@ -72,6 +72,7 @@ def dead_letter(
     truncated: bytes | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     kept: Sequence[tuple[str, bytes]] = (),
+    dlq_topic: str = REJECTED,
 ) -> OutputRecord:
     """The DLQ record of one rejected record, cut to fit `max_bytes` if needed.
 
@@ -80,21 +81,22 @@ def dead_letter(
     already carried (a publisher cut it to publish it): the DLQ copy keeps it, since it
     names the true original length. `kept` are headers of the original that say how to
     read it (format, time zone, CloudEvents attributes), so a replay reads it the same way.
-    The partition is left to the producer's partitioner.
+    `dlq_topic` is the installation's DLQ topic (with its topic prefix). The partition
+    is left to the producer's partitioner.
     """
     value = original or b""
     headers = [*dead_letter_headers(reason, detail, stage, topic, partition, offset), *kept]
     if truncated is not None:
         headers.append((TRUNCATED_HEADER, truncated))
     if record_size(value, key, headers) <= max_bytes:
-        return OutputRecord(REJECTED, original, key, headers=headers)
+        return OutputRecord(dlq_topic, original, key, headers=headers)
     if truncated is None:
         headers.append((TRUNCATED_HEADER, str(len(value)).encode()))
     if record_size(b"", key, headers) > max_bytes:
         key = None  # an oversized key: the DLQ is not read by key
     room = max(max_bytes - record_size(b"", key, headers), 0)
     metrics.DLQ_TRUNCATED.labels(stage).inc()
-    return OutputRecord(REJECTED, value[:room], key, headers=headers)
+    return OutputRecord(dlq_topic, value[:room], key, headers=headers)
 
 
 def record_size(value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:

@@ -364,6 +364,8 @@ def test_with_a_topic_prefix_mediation_reads_and_writes_the_prefixed_topics() ->
     [out] = [o for o in first.outputs if o.topic == "blue." + REPARTITION]
     again = InputRecord(out.topic, 0, 0, out.key, out.value, dict(out.headers or []))
     assert [o.topic for o in stage.process([again]).outputs] == ["blue." + MEDIATED]
+    bad = stage.process(raw_records("blue." + RAW, b"not json"))
+    assert [o.topic for o in bad.outputs] == ["blue." + REJECTED]
 
 
 def test_dlq_copies_keep_the_headers_that_say_how_to_read_them() -> None:
