@@ -113,9 +113,15 @@ def refresh_previews(
 
 
 def finalize_period(
-    store: BillingStore, catalog: Catalog, period: str, now: datetime, account_id: str | None = None
+    store: BillingStore,
+    catalog: Catalog,
+    period: str,
+    now: datetime,
+    account_id: str | None = None,
+    rated_topic: str = RATED,
 ) -> int:
     """Mark the drafts of a period final (all accounts, or one) and export them to Parquet.
+    `rated_topic` is the installation's rated topic (its positions name the stored files).
 
     Idempotent: drafts already final are left alone and the Parquet export is
     rewritten from the tables, so a close interrupted by a crash can simply run again.
@@ -144,7 +150,7 @@ def finalize_period(
     HEALTH.progress()
     if account_id is None:
         # Each partition's files of the period become one (only committed ones: see compaction).
-        for partition, position in sorted(store.positions(RATED).items()):
+        for partition, position in sorted(store.positions(rated_topic).items()):
             compact_partition(store, period, partition, position.next_offset, full=True)
             HEALTH.progress()
     reconcile_amounts(store, period)

@@ -16,7 +16,7 @@ from consolidation.batch import STAGE, Rejection
 from meterline import metrics
 from meterline.dlq import TRUNCATED_HEADER, dead_letter
 from meterline.reasons import INTERNAL_ERROR
-from meterline.topics import RATED
+from meterline.topics import RATED, REJECTED
 
 DELIVERY_TIMEOUT_S = 30.0
 # Delivery errors that no retry can fix.
@@ -39,9 +39,14 @@ class Undelivered(Exception):
 
 
 class DeadLetterSender:
-    def __init__(self, producer: Producer, max_bytes: int) -> None:
+    def __init__(
+        self, producer: Producer, max_bytes: int, rated_topic: str = RATED, dlq_topic: str = REJECTED
+    ) -> None:
         self._producer = producer
         self._max_bytes = max_bytes
+        # The installation's topics (with its topic prefix, if any).
+        self._rated = rated_topic
+        self._dlq_topic = dlq_topic
         self._errors: list[KafkaError] = []
 
     def send(self, rejected: Sequence[Rejection]) -> None:
@@ -60,11 +65,12 @@ class DeadLetterSender:
                 item.reason,
                 item.detail,
                 STAGE,
-                RATED,
+                self._rated,
                 record.partition,
                 record.offset,
                 truncated=record.headers.get(TRUNCATED_HEADER),
                 max_bytes=self._max_bytes,
+                dlq_topic=self._dlq_topic,
             )
             while True:
                 try:

@@ -133,8 +133,11 @@ def ensure_table(db: duckdb.DuckDBPyConnection) -> None:
     db.execute(DDL)
 
 
-def row_of(letter: DeadLetter, formats: Mapping[str, str], catalog: Catalog) -> dict[str, Any]:
-    """The rejected_events row of one DLQ record. Never raises: what cannot be read is NULL."""
+def row_of(
+    letter: DeadLetter, formats: Mapping[str, str], catalog: Catalog, rated_topic: str = RATED
+) -> dict[str, Any]:
+    """The rejected_events row of one DLQ record. Never raises: what cannot be read is NULL.
+    `formats` maps the installation's raw topics to their formats; `rated_topic` is its rated topic."""
     row: dict[str, Any] = dict.fromkeys(REJECTED_SCHEMA.names)
     row.update(
         dlq_topic=letter.topic,
@@ -154,7 +157,7 @@ def row_of(letter: DeadLetter, formats: Mapping[str, str], catalog: Catalog) -> 
             source_offset=_integer(headers.get("meterline.source.offset"), 2**63),
             truncated=TRUNCATED_HEADER in headers,
         )
-        found = found_in(letter.value or b"", row["source_topic"], formats, catalog)
+        found = found_in(letter.value or b"", row["source_topic"], formats, catalog, rated_topic)
         row.update(found._asdict())
     except Exception as exc:  # a foreign or damaged record: a row with what was read
         log.warning(
@@ -171,9 +174,15 @@ def row_of(letter: DeadLetter, formats: Mapping[str, str], catalog: Catalog) -> 
     return row
 
 
-def found_in(value: bytes, source_topic: str | None, formats: Mapping[str, str], catalog: Catalog) -> Found:
+def found_in(
+    value: bytes,
+    source_topic: str | None,
+    formats: Mapping[str, str],
+    catalog: Catalog,
+    rated_topic: str = RATED,
+) -> Found:
     """Account, meter, event id, time and period read from a DLQ record's value, best effort."""
-    if source_topic == RATED:
+    if source_topic == rated_topic:
         try:
             rated = decode_rated_row(value)
             time = _EPOCH + timedelta(microseconds=rated[_RATED_TIME])

@@ -1,7 +1,8 @@
 """The consolidator's step that turns the DLQ into `rejected_events` (consolidation.rejected).
 
 A consumer of its own (group `meterline-consolidation-dlq`) reads
-`meterline.usage.rejected` read_committed, from the DLQ offsets stored in DuckDB.
+`meterline.usage.rejected` (both with the installation's topic_prefix) read_committed,
+from the DLQ offsets stored in DuckDB.
 Each turn of the stage's loop takes what it has fetched, without waiting, and stores
 the rows with the new offsets in one DuckDB transaction, then sets the gauge of
 records waiting by reason.
@@ -38,7 +39,6 @@ from meterline.catalog import Catalog
 from meterline.config import Settings
 from meterline.kafka_config import consumer_config
 from meterline.offsets import past_end
-from meterline.topics import REJECTED
 
 log = structlog.get_logger()
 
@@ -52,16 +52,18 @@ class RejectedFeed:
         store: BillingStore,
         catalog: Callable[[], Catalog],
         error_cb: Callable[[KafkaError], None] | None = None,
-        topic: str = REJECTED,
+        topic: str | None = None,
         group: bool = True,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.topic = topic
+        topics = settings.topics
+        self.topic = topics.rejected if topic is None else topic
+        self._rated = topics.rated
         self._catalog = catalog
-        self._formats = {t.name: t.format for t in settings.raw_topics}
+        self._formats = {topics.name(t.name): t.format for t in settings.raw_topics}
         self._next: dict[int, int] = {}  # assigned partitions -> next offset to store
-        self._errors = ConsumeErrors(topic)
+        self._errors = ConsumeErrors(self.topic)
         self._fatal: FatalStageError | None = None
         self._group = group  # False: partitions assigned by catch_up, nothing committed to Kafka
         extra: dict[str, Any] = {"auto.offset.reset": "error"}  # never reset silently
@@ -69,7 +71,9 @@ class RejectedFeed:
             extra["error_cb"] = error_cb
         if not group:
             extra["enable.partition.eof"] = True
-        self._consumer = Consumer(consumer_config(settings.bootstrap_servers, settings.kafka, GROUP, **extra))
+        self._consumer = Consumer(
+            consumer_config(settings.bootstrap_servers, settings.kafka, topics.group(GROUP), **extra)
+        )
         export_waiting(store.db)
         # Exported once at start too: a killed worker may have stored rows it never exported.
         self._changed = True
@@ -115,7 +119,7 @@ class RejectedFeed:
         if not letters:
             return 0
         catalog = self._catalog()
-        rows = [row_of(letter, self._formats, catalog) for letter in letters]
+        rows = [row_of(letter, self._formats, catalog, self._rated) for letter in letters]
         ends: dict[int, int] = {}
         for letter in letters:
             ends[letter.partition] = max(ends.get(letter.partition, 0), letter.offset + 1)
@@ -150,7 +154,8 @@ class RejectedFeed:
             if tp.partition in stored
         }
         try:
-            past = past_end(self.settings.bootstrap_servers, self.settings.kafka, mine)
+            s = self.settings
+            past = past_end(s.bootstrap_servers, s.kafka, mine, prefix=s.topic_prefix)
         except KafkaException as exc:  # the broker did not answer: fetching will tell
             log.warning("stored_offsets_not_checked", topic=self.topic, error=str(exc))
             past = {}
@@ -181,11 +186,17 @@ def letter_of(message: Message) -> DeadLetter:
 
 
 def catch_up(
-    settings: Settings, store: BillingStore, catalog: Catalog, timeout_s: float = 60.0, topic: str = REJECTED
+    settings: Settings,
+    store: BillingStore,
+    catalog: Catalog,
+    timeout_s: float = 60.0,
+    topic: str | None = None,
 ) -> int:
-    """Read the DLQ from the stored positions to its end into rejected_events (no group:
-    call it with no consolidation worker running on this store); returns the records read."""
+    """Read the DLQ (the installation's, unless `topic`) from the stored positions to its end
+    into rejected_events (no group: call it with no consolidation worker running on this
+    store); returns the records read."""
     feed = RejectedFeed(settings, store, lambda: catalog, topic=topic, group=False)
+    topic = feed.topic
     consumer = feed._consumer
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]

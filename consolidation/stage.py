@@ -58,7 +58,6 @@ from meterline.lineage import LINEAGE_HEADER, LineageGuard
 from meterline.messages import InputRecord
 from meterline.offsets import past_end
 from meterline.tables import ContractsTable, PeriodsTable
-from meterline.topics import PERIODS, RATED, STATS
 
 # Unbound: the worker binds `stage` through contextvars once logging is configured (a
 # logger bound at import time would keep structlog's default console renderer).
@@ -82,6 +81,8 @@ class Consolidator:
         self.settings = settings
         self.contracts = contracts
         self.periods = periods
+        self._topics = settings.topics  # the installation's (prefixed) topic names
+        self._rated = settings.topics.rated
         self.store = store
         self.clock = clock
         self._positions: dict[int, Position] = {}
@@ -91,17 +92,17 @@ class Consolidator:
         self._final: set[tuple[str, str]] = store.final_keys()
         self._stopping = False
         self._fatal: FatalStageError | None = None
-        self._errors = ConsumeErrors(RATED)
+        self._errors = ConsumeErrors(self._rated)
         s = settings
         self._producer = Producer(
             {**plain_producer_config(s.bootstrap_servers, s.kafka), "error_cb": self._client_error}
         )
-        self._dlq = DeadLetterSender(self._producer, max_bytes_of(s.kafka))
+        self._dlq = DeadLetterSender(self._producer, max_bytes_of(s.kafka), self._rated, s.topics.rejected)
         self._consumer = Consumer(
             consumer_config(
                 s.bootstrap_servers,
                 s.kafka,
-                f"meterline-{STAGE}",
+                s.topics.group(f"meterline-{STAGE}"),
                 # Never reset silently: an offset out of range is reported and stops the stage.
                 **{"auto.offset.reset": "error", "error_cb": self._client_error},
             )
@@ -122,7 +123,7 @@ class Consolidator:
     def _run(self, should_stop: Callable[[], bool]) -> None:
         s = self.settings
         self._consumer.subscribe(
-            [RATED], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            [self._rated], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
         self._rejected.start()
         HEALTH.start(STAGE)
@@ -169,7 +170,7 @@ class Consolidator:
     def _idle_check(self) -> None:
         """Idle is progress only while the broker answers."""
         try:
-            self._consumer.list_topics(RATED, timeout=IDLE_CHECK_S)
+            self._consumer.list_topics(self._rated, timeout=IDLE_CHECK_S)
         except KafkaException as exc:
             HEALTH.broker_down()
             log.warning("broker_unreachable", error=str(exc))
@@ -180,21 +181,21 @@ class Consolidator:
     # -- assignment ------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        stored = self.store.positions(RATED)
+        stored = self.store.positions(self._rated)
         s = self.settings
         mine = {
-            (RATED, tp.partition): stored[tp.partition].next_offset
+            (self._rated, tp.partition): stored[tp.partition].next_offset
             for tp in partitions
             if tp.partition in stored
         }
         try:
-            past = past_end(s.bootstrap_servers, s.kafka, mine)
+            past = past_end(s.bootstrap_servers, s.kafka, mine, prefix=s.topic_prefix)
         except KafkaException as exc:  # the broker did not answer: fetching will tell
             log.warning("stored_offsets_not_checked", error=str(exc))
             past = {}
         if past:
             self._fatal = StoredOffsetsPastEndError.of(
-                RATED, {p: v for (_, p), v in past.items()}, self.store.out
+                self._rated, {p: v for (_, p), v in past.items()}, self.store.out
             )
             HEALTH.fail(str(self._fatal))
             consumer.assign([])
@@ -214,7 +215,7 @@ class Consolidator:
             self._positions.pop(tp.partition, None)
             self._guards.pop(tp.partition, None)
             with contextlib.suppress(KeyError):
-                metrics.CONSUMER_LAG.remove(STAGE, RATED, str(tp.partition))
+                metrics.CONSUMER_LAG.remove(STAGE, self._rated, str(tp.partition))
 
     # -- one batch -------------------------------------------------------------
 
@@ -238,7 +239,8 @@ class Consolidator:
             if not guard.admit(headers.get(LINEAGE_HEADER)):
                 metrics.REPLAYS_SKIPPED.labels(STAGE).inc()
                 continue
-            fresh.append(InputRecord(RATED, partition, offset, message.key(), message.value(), headers))
+            record = InputRecord(self._rated, partition, offset, message.key(), message.value(), headers)
+            fresh.append(record)
         return fresh, offsets
 
     def _batch(self, messages: list[Message]) -> None:
@@ -266,7 +268,7 @@ class Consolidator:
             merged.update(batch.counts.get(partition, Counter()))
             new_positions[partition] = Position(last + 1, dict(self._guards[partition].applied), dict(merged))
         self.store.apply_batch(
-            RATED,
+            self._rated,
             new_positions,
             [(key, Decimal(agg), amount, n) for key, (agg, amount, n) in batch.totals.items()],
         )
@@ -276,11 +278,11 @@ class Consolidator:
         for partition in new_positions:
             self._publish_progress(partition)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
-        metrics.CONSUMED.labels(STAGE, RATED).inc(len(messages))
+        metrics.CONSUMED.labels(STAGE, self._rated).inc(len(messages))
         self._export_consumer_lag(new_positions)
         # Informational commit, for lag dashboards; the truth is in DuckDB.
         self._consumer.commit(
-            offsets=[TopicPartition(RATED, p, pos.next_offset) for p, pos in new_positions.items()],
+            offsets=[TopicPartition(self._rated, p, pos.next_offset) for p, pos in new_positions.items()],
             asynchronous=True,
         )
         self._compact(batch, new_positions)
@@ -292,15 +294,16 @@ class Consolidator:
         for partition in offsets:
             position = self._positions[partition]
             self._guards[partition] = LineageGuard(position.lineage)
-            self._consumer.seek(TopicPartition(RATED, partition, position.next_offset))
+            self._consumer.seek(TopicPartition(self._rated, partition, position.next_offset))
 
     def _export_consumer_lag(self, positions: dict[int, Position]) -> None:
         for partition, position in positions.items():
             # cached=True reads the high watermark of the last fetch response: no broker round trip.
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(RATED, partition), cached=True)
+            tp = TopicPartition(self._rated, partition)
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0:
                 lag = max(high - position.next_offset, 0)
-                metrics.CONSUMER_LAG.labels(STAGE, RATED, str(partition)).set(lag)
+                metrics.CONSUMER_LAG.labels(STAGE, self._rated, str(partition)).set(lag)
 
     def _compact(self, batch: Batch, positions: dict[int, Position]) -> None:
         for partition, rows in batch.rows.items():
@@ -311,13 +314,16 @@ class Consolidator:
         position = self._positions[partition]
         progress = {
             "stage": STAGE,
-            "topic": RATED,
+            "topic": self._rated,
             "partition": partition,
             "through": position.next_offset - 1,
             "counts": position.counts,
         }
         self._producer.produce(
-            STATS, key=f"{STAGE}/{RATED}/{partition}".encode(), value=orjson.dumps(progress), partition=0
+            self._topics.stats,
+            key=f"{STAGE}/{self._rated}/{partition}".encode(),
+            value=orjson.dumps(progress),
+            partition=0,
         )
         self._producer.poll(0)
 
@@ -347,7 +353,7 @@ class Consolidator:
                 log.error("close_ignored", period=period, account=account, error="not a YYYY-MM period")
                 self.store.mark_close_done(period, account)
                 continue
-            finalize_period(self.store, catalog, period, self.clock(), account)
+            finalize_period(self.store, catalog, period, self.clock(), account, self._rated)
             left = [a for _, a, _, _ in self.store.close_problems(period) if account in (None, a)]
             if not left:
                 self.store.mark_close_done(period, account)
@@ -374,7 +380,7 @@ class Consolidator:
             end = period_start_instant(f"{following.year:04d}-{following.month:02d}", zone)
             if now >= end + grace:
                 self._producer.produce(
-                    PERIODS,
+                    self._topics.periods,
                     key=f"{period}/{account_id}".encode(),
                     value=orjson.dumps(
                         {

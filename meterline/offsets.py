@@ -31,12 +31,16 @@ TP = tuple[str, int]
 
 
 def past_end(
-    bootstrap_servers: str, kafka: Mapping[str, str], positions: Mapping[TP, int], timeout: float = 30.0
+    bootstrap_servers: str,
+    kafka: Mapping[str, str],
+    positions: Mapping[TP, int],
+    timeout: float = 30.0,
+    prefix: str = "",
 ) -> dict[TP, tuple[int, int]]:
     """{(topic, partition): (stored next offset, topic end)} for every position past its end.
 
     `positions` are next offsets to read (the committed offset); negative ones (none
-    stored) are ignored.
+    stored) are ignored. `prefix` is the installation's topic_prefix (it names the reader).
     """
     stored = {tp: offset for tp, offset in positions.items() if offset > 0}
     if not stored:
@@ -45,7 +49,7 @@ def past_end(
         consumer_config(
             bootstrap_servers,
             kafka,
-            "meterline-offsets-check",
+            prefix + "meterline-offsets-check",
             **{"enable.partition.eof": True, "isolation.level": "read_uncommitted"},
         )
     )
@@ -85,10 +89,14 @@ def _fetched_ends(consumer: Consumer, reported: dict[TP, int], timeout: float) -
 
 
 def check_positions(
-    bootstrap_servers: str, kafka: Mapping[str, str], positions: Mapping[TP, int], timeout: float = 30.0
+    bootstrap_servers: str,
+    kafka: Mapping[str, str],
+    positions: Mapping[TP, int],
+    timeout: float = 30.0,
+    prefix: str = "",
 ) -> None:
     """Raise OffsetsPastEndError naming every stored position that lies past its topic's end."""
-    problems = past_end(bootstrap_servers, kafka, positions, timeout)
+    problems = past_end(bootstrap_servers, kafka, positions, timeout, prefix)
     if not problems:
         return
     where = ", ".join(

@@ -140,7 +140,11 @@ class Workers:
         log_dir.mkdir(parents=True, exist_ok=True)
         handle = (log_dir / f"{stage}.log").open("ab")
         self._logs.append(handle)
-        env = {**os.environ, "METERLINE_PARTITIONS": str(self.settings.partitions)}
+        env = {
+            **os.environ,
+            "METERLINE_PARTITIONS": str(self.settings.partitions),
+            "METERLINE_TOPIC_PREFIX": self.settings.topic_prefix,
+        }
         process = subprocess.Popen(
             self.command(stage), stdout=handle, stderr=handle, env=env, stdin=subprocess.DEVNULL
         )
@@ -263,13 +267,16 @@ def run_pipeline(
 
 
 def _wait_drained(settings: Settings, workers: Workers, published: int, timeout_s: float) -> Totals:
-    reader = StatsReader(settings.bootstrap_servers, settings.kafka)
+    topics = settings.topics
+    reader = StatsReader(
+        settings.bootstrap_servers, settings.kafka, topics.stats, topics.group("meterline-progress")
+    )
     progress = ProgressLine(published)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
             reader.poll(0.2)
-            totals = reader.totals([t.name for t in settings.raw_topics])
+            totals = reader.totals([topics.name(t.name) for t in settings.raw_topics])
             progress.show(totals)
             if drained(totals, published):
                 progress.done()
@@ -292,7 +299,7 @@ def _finish(
         problems: list[str] = []
         for period in periods:
             if close_all:  # closing builds every draft of the period itself
-                finalize_period(store, catalog, period, now)
+                finalize_period(store, catalog, period, now, rated_topic=settings.topics.rated)
                 store.mark_close_done(period, None)
                 publish_close(settings, period)
             else:

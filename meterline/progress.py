@@ -62,10 +62,20 @@ def progress_record(value: bytes | None) -> dict[str, Any] | None:
 
 
 class StatsReader:
-    def __init__(self, bootstrap_servers: str, kafka: Mapping[str, str]) -> None:
+    """Reads an installation's stats topic (`Settings.topics.stats`); assigned, never subscribed,
+    so `group_id` only names the reader."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        kafka: Mapping[str, str],
+        topic: str = STATS,
+        group_id: str = "meterline-progress",
+    ) -> None:
         self._latest: dict[bytes, dict[str, Any]] = {}
-        self._consumer = Consumer(consumer_config(bootstrap_servers, kafka, "meterline-progress"))
-        self._consumer.assign([TopicPartition(STATS, 0, OFFSET_BEGINNING)])
+        self._topic = topic
+        self._consumer = Consumer(consumer_config(bootstrap_servers, kafka, group_id))
+        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
 
     def poll(self, timeout: float = 0.2) -> None:
         for message in self._consumer.consume(100000, timeout):
@@ -74,7 +84,7 @@ class StatsReader:
                 continue
             record = progress_record(message.value())
             if record is None:  # not a stage's progress record: it cannot count
-                log.warning("stats_record_skipped", topic=STATS, offset=message.offset())
+                log.warning("stats_record_skipped", topic=self._topic, offset=message.offset())
                 continue
             current = self._latest.get(key)
             if current is None or record["through"] >= current["through"]:

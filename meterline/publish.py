@@ -107,7 +107,9 @@ def publish_catalog(
     entities = catalog_entities(document, source)
     create_topics(settings)
     topics = settings.topics
-    current = CompactedTable(topics.contracts, settings.bootstrap_servers, settings.kafka, "publisher")
+    current = CompactedTable(
+        topics.contracts, settings.bootstrap_servers, settings.kafka, "publisher", prefix=topics.prefix
+    )
     try:
         current.load()
     finally:
@@ -138,7 +140,9 @@ def publish_catalog(
 
 def _closed_periods(settings: Settings) -> Callable[[str, str], bool]:
     topic = settings.topics.periods
-    table = CompactedTable(topic, settings.bootstrap_servers, settings.kafka, "publisher-periods")
+    table = CompactedTable(
+        topic, settings.bootstrap_servers, settings.kafka, "publisher-periods", prefix=settings.topic_prefix
+    )
     periods = PeriodsTable(table)
     try:
         periods.load()

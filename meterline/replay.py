@@ -68,8 +68,8 @@ def replayed_letters(settings: Settings) -> set[str]:
 
 def _catalog_and_periods(settings: Settings) -> tuple[Catalog, PeriodsTable]:
     servers, kafka, topics = settings.bootstrap_servers, settings.kafka, settings.topics
-    contracts_topic = CompactedTable(topics.contracts, servers, kafka, "replay")
-    periods_topic = CompactedTable(topics.periods, servers, kafka, "replay-periods")
+    contracts_topic = CompactedTable(topics.contracts, servers, kafka, "replay", prefix=topics.prefix)
+    periods_topic = CompactedTable(topics.periods, servers, kafka, "replay-periods", prefix=topics.prefix)
     contracts, periods = ContractsTable(contracts_topic), PeriodsTable(periods_topic)
     try:
         contracts.load()

@@ -123,7 +123,7 @@ def read_to_end(settings: Settings, topic: str, name: str, timeout: float = 60.0
             consumer_config(
                 settings.bootstrap_servers,
                 settings.kafka,
-                f"meterline-{name}",
+                settings.topics.group(f"meterline-{name}"),
                 **{"enable.partition.eof": True},
             ),
             errors,

@@ -24,7 +24,7 @@ from meterline.config import Settings
 from meterline.health import HEALTH
 from meterline.kafka_config import consumer_config
 from meterline.lineage import LineageGuard
-from meterline.topics import STATS, changelog_topic
+from meterline.topics import changelog_topic
 
 TP = tuple[str, int]
 META_KEY = b"\x00meta"
@@ -54,6 +54,7 @@ class Partitions:
         after_restore: Callable[[], None],
     ) -> None:
         self.settings = settings
+        self.stats_topic = settings.topics.stats
         self.stage = stage
         self.meta: dict[TP, PartitionMeta] = {}
         self._restore = restore
@@ -98,7 +99,7 @@ class Partitions:
         }
         return [
             (changelog_topic(tp[0], self.stage), orjson.dumps(state), META_KEY, tp[1], header),
-            (STATS, orjson.dumps(progress), f"{self.stage}/{tp[0]}/{tp[1]}".encode(), 0, None),
+            (self.stats_topic, orjson.dumps(progress), f"{self.stage}/{tp[0]}/{tp[1]}".encode(), 0, None),
         ]
 
 
@@ -118,7 +119,10 @@ def read_changelog(
     s = settings
     reader = Consumer(
         consumer_config(
-            s.bootstrap_servers, s.kafka, f"meterline-{stage}-restore", **{"enable.partition.eof": True}
+            s.bootstrap_servers,
+            s.kafka,
+            s.topics.group(f"meterline-{stage}-restore"),
+            **{"enable.partition.eof": True},
         )
     )
     topic = changelog_topic(input_topic, stage)

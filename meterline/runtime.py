@@ -113,7 +113,7 @@ class StageRunner:
             consumer_config(
                 s.bootstrap_servers,
                 s.kafka,
-                f"meterline-{self.stage}",
+                s.topics.group(f"meterline-{self.stage}"),
                 # A stored position the broker does not have is an error, never a silent reset.
                 **{"auto.offset.reset": "error"},
             )
@@ -319,7 +319,7 @@ class StageRunner:
         letter = dead_letter(
             record.value, record.key, INTERNAL_ERROR, detail, self.stage, record.topic, record.partition,
             record.offset, truncated=record.headers.get(TRUNCATED_HEADER),
-            max_bytes=max_bytes_of(self.settings.kafka),
+            max_bytes=max_bytes_of(self.settings.kafka), dlq_topic=self.settings.topics.rejected,
         )  # fmt: skip
         txn = self._txn
         try:
@@ -374,7 +374,8 @@ class StageRunner:
         self._log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in tps])
         committed = self._committed_offsets(tps)
         s = self.settings
-        check_positions(s.bootstrap_servers, s.kafka, committed)  # raises OffsetsPastEndError
+        # raises OffsetsPastEndError
+        check_positions(s.bootstrap_servers, s.kafka, committed, prefix=s.topic_prefix)
         self._partitions.restore(committed)
         consumer.assign(
             [TopicPartition(t, p, o if o >= 0 else OFFSET_BEGINNING) for (t, p), o in committed.items()]

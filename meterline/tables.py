@@ -44,6 +44,7 @@ class CompactedTable:
         kafka: Mapping[str, str],
         name: str,
         validate: Validator | None = None,
+        prefix: str = "",
     ) -> None:
         self.topic = topic
         self.values: dict[bytes, bytes] = {}
@@ -52,7 +53,9 @@ class CompactedTable:
         self.validate = validate
         self._consumer = Consumer(
             consumer_config(
-                bootstrap_servers, kafka, f"meterline-table-{name}", **{"enable.partition.eof": True}
+                # Assigned, never subscribed: the group id (with the installation's
+                # topic_prefix) only names the reader.
+                bootstrap_servers, kafka, f"{prefix}meterline-table-{name}", **{"enable.partition.eof": True}
             )
         )
         metadata = self._consumer.list_topics(topic, timeout=10).topics[topic]

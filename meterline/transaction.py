@@ -47,7 +47,7 @@ class Transactions:
     def __init__(self, settings: Settings, stage: str, stopping: Callable[[], bool]) -> None:
         self.settings = settings
         self.stage = stage
-        self.transactional_id = f"meterline-{stage}-{settings.instance_id}"
+        self.transactional_id = settings.topics.group(f"meterline-{stage}-{settings.instance_id}")
         self._stopping = stopping
         self._log = structlog.get_logger().bind(stage=stage)
         self._fenced_once = False

@@ -18,6 +18,7 @@ from consolidation.stage import Consolidator
 from consolidation.store import BillingStore
 from mediation.stage import MediationProcessor
 from meterline.config import Settings
+from meterline.dlq import max_bytes_of
 from meterline.health import HEALTH
 from meterline.heap import settle_heap
 from meterline.kafka_config import client_config
@@ -27,7 +28,6 @@ from meterline.metrics import serve_metrics
 from meterline.publish import create_topics
 from meterline.runtime import StageRunner
 from meterline.tables import CompactedTable, ContractsTable, PeriodsTable
-from meterline.topics import CONTRACTS, MEDIATED, PERIODS, REPARTITION
 from rating.stage import RatingProcessor
 
 STAGES = ("mediation", "rating", "consolidation")
@@ -35,10 +35,12 @@ STAGES = ("mediation", "rating", "consolidation")
 
 def _tables(settings: Settings, stage: str) -> tuple[ContractsTable, PeriodsTable]:
     name = f"{stage}-{settings.instance_id}"
+    topics = settings.topics
+    servers, kafka = settings.bootstrap_servers, settings.kafka
     contracts = ContractsTable(
-        CompactedTable(CONTRACTS, settings.bootstrap_servers, settings.kafka, f"c-{name}")
+        CompactedTable(topics.contracts, servers, kafka, f"c-{name}", prefix=topics.prefix)
     )
-    periods = PeriodsTable(CompactedTable(PERIODS, settings.bootstrap_servers, settings.kafka, f"p-{name}"))
+    periods = PeriodsTable(CompactedTable(topics.periods, servers, kafka, f"p-{name}", prefix=topics.prefix))
     contracts.load()
     periods.load()
     return contracts, periods
@@ -78,26 +80,30 @@ def _run(stage: str, settings: Settings) -> None:
             store.close()
             log_peak_memory(stage)
         return
+    topics = settings.topics
     if stage == "mediation":
         admin = AdminClient(client_config(settings.bootstrap_servers, settings.kafka))
-        partitions = len(admin.list_topics(REPARTITION, timeout=10).topics[REPARTITION].partitions)
+        repartition = topics.repartition
+        partitions = len(admin.list_topics(repartition, timeout=10).topics[repartition].partitions)
         processor: MediationProcessor | RatingProcessor = MediationProcessor(
             settings, contracts, periods, partitions
         )
-        inputs = [t.name for t in settings.raw_topics]
+        entry_topics = [topics.name(t.name) for t in settings.raw_topics]
+        inputs = list(entry_topics)
         if any(not t.keyed_by_account for t in settings.raw_topics):
-            inputs.append(REPARTITION)
+            inputs.append(repartition)
         runner = StageRunner(
-            processor,
-            settings,
-            inputs,
-            after_restore=settle_heap,
-            entry_topics=[t.name for t in settings.raw_topics],
+            processor, settings, inputs, after_restore=settle_heap, entry_topics=entry_topics
         )
     else:
-        runner = StageRunner(
-            RatingProcessor(contracts, periods), settings, [MEDIATED], after_restore=settle_heap
+        rating = RatingProcessor(
+            contracts,
+            periods,
+            max_dlq_bytes=max_bytes_of(settings.kafka),
+            rated_topic=topics.rated,
+            dlq_topic=topics.rejected,
         )
+        runner = StageRunner(rating, settings, [topics.mediated], after_restore=settle_heap)
     runner.install_signal_handlers()
     try:
         runner.run()

@@ -22,7 +22,7 @@ from meterline.reasons import MALFORMED, PERIOD_CLOSED, Rejected, internal_error
 from meterline.records import RatedUsage, UsageEvent
 from meterline.runtime import TP, BatchResult
 from meterline.tables import ContractsTable, PeriodsTable
-from meterline.topics import RATED
+from meterline.topics import RATED, REJECTED
 from rating.rater import AggregateKey, RatingState, rate_batch
 from schemas.codec import SchemaError, decode_usage, encode_rated_after
 
@@ -46,11 +46,19 @@ class RatingProcessor:
     stage = STAGE
 
     def __init__(
-        self, contracts: ContractsTable, periods: PeriodsTable, max_dlq_bytes: int = DEFAULT_MAX_BYTES
+        self,
+        contracts: ContractsTable,
+        periods: PeriodsTable,
+        max_dlq_bytes: int = DEFAULT_MAX_BYTES,
+        rated_topic: str = RATED,
+        dlq_topic: str = REJECTED,
     ) -> None:
         self.contracts = contracts
         self.periods = periods
         self.max_dlq_bytes = max_dlq_bytes
+        # The installation's output and DLQ topics (with its topic prefix, if any).
+        self.rated_topic = rated_topic
+        self.dlq_topic = dlq_topic
         self.state: dict[TP, RatingState] = {}
         # Changelog tombstones of forgotten aggregates, written with the partition's next batch.
         self._tombstones: dict[TP, list[bytes]] = {}
@@ -201,7 +209,7 @@ class RatingProcessor:
             try:
                 outputs.append(
                     OutputRecord(
-                        RATED,
+                        self.rated_topic,
                         # The mediated bytes are the rated record's first fields: append, don't re-encode.
                         encode_rated_after(record.value or b"", next(rated_iter)),
                         record.key,
@@ -230,6 +238,7 @@ class RatingProcessor:
                 partition,
                 offset,
                 max_bytes=self.max_dlq_bytes,
+                dlq_topic=self.dlq_topic,
             )
         )
 

@@ -35,14 +35,22 @@ def write_dataset(folder: Path, accounts: int, events: int, seed: int) -> tuple[
 
 
 class LivePipeline:
-    def __init__(self, broker: EmbeddedBroker, out: Path, partitions: int = 4) -> None:
+    def __init__(
+        self, broker: EmbeddedBroker, out: Path, partitions: int = 4, topic_prefix: str = ""
+    ) -> None:
         self.settings = Settings(
-            bootstrap_servers=broker.bootstrap_servers, partitions=partitions, instance_id="crash-test"
+            bootstrap_servers=broker.bootstrap_servers,
+            partitions=partitions,
+            instance_id="crash-test",
+            topic_prefix=topic_prefix,
         )
         self.out = out
         create_topics(self.settings)
         self.workers = Workers(self.settings, out, None)
-        self.reader = StatsReader(self.settings.bootstrap_servers, {})
+        topics = self.settings.topics
+        self.reader = StatsReader(
+            self.settings.bootstrap_servers, {}, topics.stats, topics.group("meterline-progress")
+        )
         self.published = 0
 
     def publish(self, catalog: Path, events: Path) -> int:
@@ -61,7 +69,7 @@ class LivePipeline:
 
     def totals(self) -> Totals:
         self.reader.poll(0.2)
-        return self.reader.totals([t.name for t in self.settings.raw_topics])
+        return self.reader.totals([self.settings.topics.name(t.name) for t in self.settings.raw_topics])
 
     def wait_until(self, condition: Callable[[Totals], bool], timeout: float = 300) -> Totals:
         deadline = time.monotonic() + timeout
