@@ -58,12 +58,21 @@ class Settings:
     # Prefix of every topic, consumer group and transactional id of this installation
     # (raw topics included), so that several share a cluster; see Settings.topics.
     topic_prefix: str = ""
+    # Optional Confluent Schema Registry: the mediated and rated schemas are registered
+    # (or, without auto-register, looked up) at startup and records framed with its ids;
+    # without one the ids pinned in schemas/registry.json stay.
+    schema_registry_url: str = ""
+    schema_registry_user_info: str = ""  # "user:password" for basic auth; a secret, never logged
+    schema_registry_ca_location: str = ""  # PEM file of the CA of an https registry
+    schema_registry_auto_register: bool = True
 
     def __post_init__(self) -> None:
         try:
             check_prefix(self.topic_prefix)
         except ValueError as exc:
             raise ConfigError(f"topic_prefix: {exc}") from None
+        if self.schema_registry_user_info and ":" not in self.schema_registry_user_info:
+            raise ConfigError("schema_registry_user_info must be user:password")
 
     @property
     def topics(self) -> Topics:

@@ -20,7 +20,7 @@ from typing import Any, Final
 import structlog
 
 # librdkafka properties whose values must never reach a log line.
-SECRET_MARKERS = ("password", "secret", "key.pem", "private", "token")
+SECRET_MARKERS = ("password", "secret", "key.pem", "private", "token", "user_info")
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

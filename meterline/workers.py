@@ -1,8 +1,9 @@
 """Long-running stage workers: wire a stage's transform to the shared runtime.
 
 A fatal error (meterline.kafka_errors.FatalKafkaError: fenced twice, authorization,
-unknown topic, stored offsets past a topic's end) ends the worker with exit code 1
-after /healthz and one JSON log line (`worker_fatal`) say why; no traceback.
+unknown topic, stored offsets past a topic's end; or a Schema Registry that refuses the
+schemas or does not answer at startup) ends the worker with exit code 1 after /healthz
+and one JSON log line (`worker_fatal`) say why; no traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import resource
 import signal
 from types import FrameType
+from typing import NoReturn
 
 import structlog
 from confluent_kafka.admin import AdminClient
@@ -29,6 +31,7 @@ from meterline.publish import create_topics
 from meterline.runtime import StageRunner
 from meterline.tables import CompactedTable, ContractsTable, PeriodsTable
 from rating.stage import RatingProcessor
+from schemas.registry_client import RegistryError, use_registry
 
 STAGES = ("mediation", "rating", "consolidation")
 
@@ -53,9 +56,15 @@ def run_worker(stage: str, settings: Settings) -> None:
     try:
         _run(stage, settings)
     except FatalKafkaError as exc:
-        HEALTH.fail(exc.reason)
-        structlog.get_logger().error("worker_fatal", stage=stage, reason=exc.reason, exit_code=1)
-        raise SystemExit(1) from None
+        _fatal(stage, exc.reason)
+    except RegistryError as exc:
+        _fatal(stage, f"schema registry: {exc}")
+
+
+def _fatal(stage: str, reason: str) -> NoReturn:
+    HEALTH.fail(reason)
+    structlog.get_logger().error("worker_fatal", stage=stage, reason=reason, exit_code=1)
+    raise SystemExit(1) from None
 
 
 def _run(stage: str, settings: Settings) -> None:
@@ -63,6 +72,15 @@ def _run(stage: str, settings: Settings) -> None:
     log.info("worker_config", kafka=redact_config(dict(settings.kafka)), bootstrap=settings.bootstrap_servers)
     serve_metrics(settings.metrics_port)
     create_topics(settings)
+    if settings.schema_registry_url:  # before any record is framed: the registry's ids, or exit
+        use_registry(
+            settings.schema_registry_url,
+            settings.topics.mediated,
+            settings.topics.rated,
+            user_info=settings.schema_registry_user_info,
+            ca_location=settings.schema_registry_ca_location,
+            register=settings.schema_registry_auto_register,
+        )
     contracts, periods = _tables(settings, stage)
     settle_heap()
     if stage == "consolidation":

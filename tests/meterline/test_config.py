@@ -1,5 +1,5 @@
-"""Settings of raw topics: the Asterisk time zone, validated when loaded, and kept in the
-TOML handed to workers."""
+"""Settings of raw topics (the Asterisk time zone), the topic prefix and the Schema Registry:
+validated when loaded, and kept in the TOML handed to workers."""
 
 from __future__ import annotations
 
@@ -63,3 +63,32 @@ def test_a_topic_prefix_kafka_cannot_use_is_refused(tmp_path: Path, prefix: str)
         load(tmp_path, f'topic_prefix = "{prefix}"\n')
     with pytest.raises(ConfigError, match="topic_prefix"):
         Settings().with_overrides(topic_prefix=prefix)
+
+
+def test_workers_get_the_schema_registry_settings(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        'schema_registry_url = "https://registry:8081"\nschema_registry_user_info = "svc:p@ss:word"\n'
+        'schema_registry_ca_location = "/etc/ca.pem"\nschema_registry_auto_register = false\n',
+    )
+    again = load(tmp_path, settings_to_toml(settings))
+    assert (
+        again.schema_registry_url,
+        again.schema_registry_user_info,
+        again.schema_registry_ca_location,
+        again.schema_registry_auto_register,
+    ) == ("https://registry:8081", "svc:p@ss:word", "/etc/ca.pem", False)
+    from_env = load_settings(env={"METERLINE_SCHEMA_REGISTRY_AUTO_REGISTER": "no"})
+    assert from_env.schema_registry_auto_register is False
+
+
+def test_registry_user_info_without_a_password_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="schema_registry_user_info must be user:password"):
+        load(tmp_path, 'schema_registry_user_info = "svc"\n')
+
+
+def test_registry_credentials_never_reach_a_log_line() -> None:
+    from meterline.logs import _redact
+
+    event = _redact(None, "info", {"event": "x", "schema_registry_user_info": "svc:pw"})
+    assert event["schema_registry_user_info"] == "***"
