@@ -30,8 +30,19 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured:
+    a stream captured at configure time may be closed by then (test runners swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", stage: str | None = None) -> None:
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    logging.basicConfig(format="%(message)s", stream=_Stderr(), level=level.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -42,7 +53,7 @@ def configure_logging(level: str = "info", stage: str | None = None) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     if stage:
