@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from decimal import Decimal
@@ -177,8 +178,12 @@ def _read_json(raw: bytes, fmt: str, meters: Mapping[str, Meter]) -> RawUsage:
 
 def may_have_lost_digits(found: RawUsage, raw: bytes) -> bool:
     # Only a float quantity or epoch timestamp matters, and only if the record holds
-    # a literal longer than a double keeps exactly.
-    return (type(found.quantity) is float or type(found.timestamp) is float) and _LONG_RUN in raw.translate(
+    # a literal longer than a double keeps exactly, or a negative one that underflowed
+    # to -0.0 (-1e-400 is negative, hence invalid, though orjson reads it as zero).
+    quantity = found.quantity
+    if type(quantity) is float and quantity == 0.0 and math.copysign(1.0, quantity) < 0:
+        return True
+    return (type(quantity) is float or type(found.timestamp) is float) and _LONG_RUN in raw.translate(
         _NUMBER_CHARS
     )
 

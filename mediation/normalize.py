@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -283,8 +284,17 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
+_BOUNDED = reprlib.Repr()
+_BOUNDED.maxlevel = 3  # a record may nest a value a thousand levels deep: str() would recurse
+
+
 def _short(value: object) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        text = repr(value)
+    elif isinstance(value, dict | list):
+        text = _BOUNDED.repr(value)
+    else:
+        text = str(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -140,6 +140,28 @@ def test_the_largest_storable_quantity_is_valid() -> None:
     assert parse(native(quantity=largest)).quantity == Decimal(largest)
 
 
+@pytest.mark.parametrize("literal", [b"-1E-999999999", b"-1e-400", b"-4.9e-325"])
+def test_a_negative_quantity_that_underflows_a_double_is_still_negative(literal: bytes) -> None:
+    # orjson reads these as -0.0; the literal is negative, hence invalid.
+    for record in (native(quantity=0), lago(properties={"quantity": 0})):
+        raw = json.dumps(record).replace('"quantity": 0', '"quantity": ' + literal.decode()).encode()
+        found = rejection(raw)
+        assert (found.reason, "negative" in found.detail) == (INVALID_QUANTITY, True)
+
+
+def test_negative_zero_is_zero() -> None:
+    assert parse(json.dumps(native(quantity=0)).replace('"quantity": 0', '"quantity": -0.0')).quantity == 0
+
+
+@pytest.mark.parametrize("depth", [50, 900])
+def test_a_deeply_nested_quantity_is_invalid_not_an_internal_error(depth: int) -> None:
+    nested = "[" * depth + "1" + "]" * depth
+    raw = json.dumps(native(quantity=0)).replace('"quantity": 0', '"quantity": ' + nested)
+    found = rejection(raw)
+    assert found.reason == INVALID_QUANTITY
+    assert len(found.detail) < 100
+
+
 # --------------------------------------------------------------------------- Asterisk time zones
 
 
