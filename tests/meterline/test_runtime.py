@@ -306,7 +306,7 @@ def test_a_batch_that_cannot_commit_is_isolated_to_one_dead_letter(
     watch = HealthWatch()
     thread, done, errors = run_in_thread(runner)
     try:
-        wait(lambda: bool(stage.counts) and stage.counts[(IN, 0)][b"k"] >= 20, 60, "every good record")
+        wait(lambda: bool(stage.counts) and stage.counts[(IN, 0)][b"k"] >= 20, 180, "every good record")
         wait(lambda: watch.seen[-1][0] == 200, 20, "a healthy stage")
         counts = dict(stage.counts[(IN, 0)])
     finally:
@@ -378,13 +378,13 @@ def test_a_producer_fenced_twice_stops_the_stage(fresh_broker: EmbeddedBroker) -
 
     try:
         send(3)
-        wait(lambda: committed() >= 3, 60, "the first records")
+        wait(lambda: committed() >= 3, 180, "the first records")
         for round in range(2):
             twin = Producer({"bootstrap.servers": bootstrap, "transactional.id": "meterline-counter-t"})
             twin.init_transactions(30)  # fences the stage's producer
             send(2)
             if round == 0:
-                wait(lambda: committed() >= 5, 60, "the records after a replaced producer")
+                wait(lambda: committed() >= 5, 180, "the records after a replaced producer")
         thread.join(60)
     finally:
         done.set()
