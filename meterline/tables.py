@@ -140,27 +140,71 @@ class _DerivedTable:
 
 
 class ContractsTable(_DerivedTable):
-    """The contract catalog as published to `meterline.contracts`."""
+    """The contract catalog as published to `meterline.contracts`.
+
+    An entity the catalog as a whole cannot take (a contract naming an unknown plan, a
+    currency that is not ISO 4217) is set aside on its own: it falls back to its last
+    good version, or is left out if it never had one, and the rest of the catalog takes
+    effect. So one bad entity never leaves a freshly started stage without a catalog.
+    """
 
     def __init__(self, table: CompactedTable) -> None:
         super().__init__(table)
         table.validate = catalog_entity_error
         self.catalog = Catalog.empty()
+        self._good: dict[bytes, bytes] = {}  # the entity values of self.catalog
 
     def _rebuild(self) -> None:
-        try:
-            entities: list[Any] = [orjson.loads(v) for v in self._table.values.values()]
-            self.catalog = parse_catalog(document_from_entities(entities), source="meterline.contracts")
-        except Exception as exc:
-            # A publisher validates before publishing, and each entity was checked on arrival;
-            # a catalog that is still invalid as a whole keeps the last good one.
-            log.error(
-                "catalog_rejected",
-                topic=self._table.topic,
-                error=f"{type(exc).__name__}: {exc}",
-                kept_accounts=len(self.catalog.accounts),
-            )
-            metrics.CONTROL_RECORDS_SKIPPED.labels(self._table.topic).inc()
+        values = dict(self._table.values)
+        for _ in range(len(values) + 1):
+            if values == self._good and self.catalog.accounts:
+                return  # nothing but set-aside entities changed: keep the catalog as it is
+            try:
+                entities: list[Any] = [orjson.loads(v) for v in values.values()]
+                document = document_from_entities(entities)
+                catalog = parse_catalog(document, source=self._table.topic)
+            except Exception as exc:
+                culprit = _culprit(exc, values)
+                self._set_aside(exc, culprit)
+                if culprit is None:
+                    return  # cannot tell which entity: keep the last good catalog
+                if culprit in self._good:
+                    values[culprit] = self._good[culprit]
+                else:
+                    del values[culprit]
+                continue
+            self.catalog, self._good = catalog, values
+            return
+
+    def _set_aside(self, exc: Exception, culprit: bytes | None) -> None:
+        # A publisher validates before publishing, and each entity was checked on arrival.
+        log.error(
+            "catalog_entity_rejected" if culprit else "catalog_rejected",
+            topic=self._table.topic,
+            entity=culprit.decode("utf-8", "replace") if culprit else None,
+            error=f"{type(exc).__name__}: {exc}",
+            kept_accounts=len(self.catalog.accounts),
+        )
+        metrics.CONTROL_RECORDS_SKIPPED.labels(self._table.topic).inc()
+
+
+_ENTITY_PATH: Final = re.compile(r"(\w+)\[(\d+)\]")
+
+
+def _culprit(exc: Exception, values: Mapping[bytes, bytes]) -> bytes | None:
+    """The key of the entity a catalog error points at (`plans[2]...` is the third plan
+    by id, as the document is assembled), or None."""
+    match = _ENTITY_PATH.match(getattr(exc, "path", ""))
+    kinds = {section: kind for kind, (section, _) in SECTIONS.items()}
+    if match is None or match.group(1) not in kinds:
+        return None
+    kind = kinds[match.group(1)]
+    prefix = kind.encode() + b"/"
+    ids = sorted(
+        (key[len(prefix) :].decode("utf-8", "replace"), key) for key in values if key.startswith(prefix)
+    )
+    index = int(match.group(2))
+    return ids[index][1] if index < len(ids) else None
 
 
 class PeriodsTable(_DerivedTable):

@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 
 from meterline import metrics
 from meterline.broker import EmbeddedBroker
-from meterline.catalog_file import catalog_entities, read_catalog_document
+from meterline.catalog_file import catalog_entities, parse_catalog, read_catalog_document
 from meterline.config import Settings
 from meterline.publish import create_topics
 from meterline.tables import (
@@ -148,3 +148,52 @@ def test_an_invalid_catalog_keeps_the_last_good_one(fresh_broker: EmbeddedBroker
         time.sleep(0.05)
     assert _skipped(CONTRACTS) > before
     assert contracts.catalog is good
+
+
+def test_a_fresh_table_sets_a_bad_entity_aside_and_keeps_the_rest(fresh_broker: EmbeddedBroker) -> None:
+    """Found by the control-poison fault: a well-shaped entity the catalog cannot take made a
+    freshly started stage keep its empty catalog and reject every event as unknown_account."""
+    bootstrap = fresh_broker.bootstrap_servers
+    create_topics(Settings(bootstrap_servers=bootstrap, partitions=1))
+    good = _entities()
+    bad_plan = (
+        b"plan/odd",
+        orjson.dumps(
+            {
+                "kind": "plan",
+                "id": "odd",
+                "version": 1,
+                "spec": {"id": "odd", "currency": "XAU", "charges": []},
+            }
+        ),
+    )
+    bad_account = (
+        b"account/zed",
+        orjson.dumps(
+            {
+                "kind": "account",
+                "id": "zed",
+                "version": 1,
+                "spec": {
+                    "id": "zed",
+                    "name": "Zed",
+                    "timezone": "UTC",
+                    "contracts": [{"id": "z1", "plan": "no-such-plan", "start": "2026-01-01", "end": None}],
+                },
+            }
+        ),
+    )
+    _produce(bootstrap, CONTRACTS, [bad_plan, *good, bad_account])
+    contracts = ContractsTable(CompactedTable(CONTRACTS, bootstrap, {}, "test-fresh"))
+    contracts.load()
+    expected = parse_catalog(read_catalog_document(CATALOG), source="expected")
+    assert set(contracts.catalog.accounts) == set(expected.accounts)
+    assert "zed" not in contracts.catalog.accounts
+    # An invalid update of a known account falls back to its last good version.
+    key, value = next((k, v) for k, v in good if k.startswith(b"account/"))
+    entity = orjson.loads(value)
+    entity["spec"]["contracts"][0]["plan"] = "no-such-plan"
+    before, skipped = contracts.catalog, _skipped(CONTRACTS)
+    _produce(bootstrap, CONTRACTS, [(key, orjson.dumps(entity))])
+    _poll_until(contracts, lambda: _skipped(CONTRACTS) > skipped)
+    assert contracts.catalog is before
