@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import signal
+import threading
 from types import FrameType
 from typing import NoReturn
 
@@ -17,7 +18,7 @@ import structlog
 from confluent_kafka.admin import AdminClient
 
 from consolidation.stage import Consolidator
-from consolidation.store import BillingStore
+from consolidation.standby import broker_probe, open_store
 from mediation.stage import MediationProcessor
 from meterline.config import Settings
 from meterline.dlq import max_bytes_of
@@ -84,16 +85,24 @@ def _run(stage: str, settings: Settings) -> None:
     contracts, periods = _tables(settings, stage)
     settle_heap()
     if stage == "consolidation":
-        store = BillingStore(settings.out_dir)
-        consolidator = Consolidator(settings, contracts, periods, store)
+        stopping = threading.Event()
+        consolidator: Consolidator | None = None
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            consolidator.request_stop()
+            stopping.set()
+            if consolidator is not None:
+                consolidator.request_stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        probe = broker_probe(settings.bootstrap_servers, dict(settings.kafka))
+        store = open_store(settings.out_dir, stopping, probe)  # a standby waits here
+        if store is None:
+            return
         try:
-            consolidator.run()
+            consolidator = Consolidator(settings, contracts, periods, store)
+            if not stopping.is_set():
+                consolidator.run()
         finally:
             store.close()
             log_peak_memory(stage)
