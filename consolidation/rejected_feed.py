@@ -13,6 +13,9 @@ beside the running worker, which holds billing.duckdb.
 
 `catch_up` reads the DLQ to its end once, without a group: `meterline run` calls it
 after the workers stopped, so the table holds every rejection of the run.
+
+Both also follow `meterline replay`'s markers (consolidation.replay_markers): a row
+is `replayed` while a marker names its DLQ record, and the gauge counts the others.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from confluent_kafka import (
 
 from consolidation.errors import ConsumeErrors, FatalStageError, StoredOffsetsPastEndError
 from consolidation.rejected import DeadLetter, export_parquet, export_waiting, row_of, save_rejected
+from consolidation.replay_markers import ReplayMarkers, sync_replayed
 from consolidation.store import BillingStore
 from meterline.catalog import Catalog
 from meterline.config import Settings
@@ -74,21 +78,38 @@ class RejectedFeed:
         self._consumer = Consumer(
             consumer_config(settings.bootstrap_servers, settings.kafka, topics.group(GROUP), **extra)
         )
+        self._markers = ReplayMarkers(settings)
         export_waiting(store.db)
         # Exported once at start too: a killed worker may have stored rows it never exported.
         self._changed = True
         self._exported = 0.0
 
     def start(self) -> None:
+        self.load_markers()
         self._consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
 
     def close(self) -> None:
         self._consumer.close()
+        self._markers.close()
+
+    def load_markers(self) -> None:
+        """Read the replay markers to their end and make the table follow them."""
+        self._markers.load()
+        self._sync_markers()
+
+    def _sync_markers(self) -> None:
+        changed = sync_replayed(self.store.db, self._markers.marked)
+        if changed:
+            self._changed = True
+            log.info("replay_markers_applied", rows=changed)
+        export_waiting(self.store.db)
 
     def step(self) -> int:
         """Store what the consumer has fetched (no waiting); returns the records consumed."""
+        if self._markers.poll():
+            self._sync_markers()
         messages = self._consumer.consume(self.settings.batch_size, 0)
         if self._fatal is not None:
             raise self._fatal
@@ -124,6 +145,9 @@ class RejectedFeed:
         for letter in letters:
             ends[letter.partition] = max(ends.get(letter.partition, 0), letter.offset + 1)
         save_rejected(self.store.db, self.topic, rows, ends)
+        # Markers read before their DLQ record arrived.
+        new = [(letter.topic, letter.partition, letter.offset) for letter in letters]
+        sync_replayed(self.store.db, self._markers.marked, new)
         self._next.update(ends)
         self._changed = True
         export_waiting(self.store.db)
@@ -199,6 +223,7 @@ def catch_up(
     topic = feed.topic
     consumer = feed._consumer
     try:
+        feed.load_markers()
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
         if metadata.error is not None:
             raise FatalStageError(f"cannot read {topic}: {metadata.error}")
@@ -217,7 +242,7 @@ def catch_up(
         feed.export()
         return read
     finally:
-        consumer.close()
+        feed.close()
 
 
 def _at_end(message: Message) -> bool:

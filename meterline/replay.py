@@ -32,15 +32,13 @@ from typing import Any, Final
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
 
 from meterline.catalog import Catalog
 from meterline.command_clients import ClientErrors, DeliveryError, quiet
 from meterline.config import Settings
-from meterline.kafka_config import client_config, transactional_producer_config
+from meterline.kafka_config import transactional_producer_config
 from meterline.replay_options import UsageError, parse_reasons, parse_time
 from meterline.replay_select import (
-    REPLAYS,
     Copy,
     ReplayReport,
     Selection,
@@ -48,7 +46,6 @@ from meterline.replay_select import (
     select,
 )
 from meterline.tables import CompactedTable, ContractsTable, PeriodsTable
-from meterline.topics import COMPACTED, ensure_topics
 
 # Copies per transaction: a rerun after an interrupt redoes at most this many.
 CHUNK: Final = 1000
@@ -58,7 +55,7 @@ TRANSACTION_TIMEOUT_S: Final = 60.0
 def replayed_letters(settings: Settings) -> set[str]:
     """The DLQ records replayed before (keys of `meterline.replays`)."""
     found: set[str] = set()
-    for message in read_to_end(settings, settings.topics.name(REPLAYS), "replay-markers"):
+    for message in read_to_end(settings, settings.topics.replays, "replay-markers"):
         key = message.key()
         if key is not None:
             # A tombstone gives a record back to replay.
@@ -91,10 +88,7 @@ def replay(settings: Settings, selection: Selection, dry_run: bool = False) -> R
     """
     from meterline.publish import create_topics
 
-    create_topics(settings)
-    errors = ClientErrors()
-    admin = AdminClient(quiet(client_config(settings.bootstrap_servers, settings.kafka), errors))
-    ensure_topics(admin, {settings.topics.name(REPLAYS): (1, COMPACTED)}, settings.replication_factor)
+    create_topics(settings)  # the markers' topic among them
     catalog, periods = _catalog_and_periods(settings)
     before = replayed_letters(settings)
     report = ReplayReport()
@@ -126,7 +120,7 @@ def _publish(settings: Settings, copies: list[Copy]) -> None:
             errors,
         )
     )
-    markers = settings.topics.name(REPLAYS)
+    markers = settings.topics.replays
     done = 0
     try:
         producer.init_transactions(30)

@@ -36,8 +36,6 @@ FORMAT_HEADER: Final = "meterline.format"
 SOURCE_TOPIC: Final = "meterline.source.topic"
 SOURCE_PARTITION: Final = "meterline.source.partition"
 SOURCE_OFFSET: Final = "meterline.source.offset"
-# One marker per replayed DLQ record, keyed "DLQ_TOPIC/PARTITION/OFFSET" (compacted).
-REPLAYS: Final = "meterline.replays"
 # Headers the DLQ adds; any other header a DLQ record carries came with the original.
 _DLQ_HEADERS: Final = frozenset(
     {REASON_HEADER, DETAIL_HEADER, STAGE_HEADER, TRUNCATED_HEADER, REPLAY_OF_HEADER}

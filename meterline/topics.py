@@ -23,6 +23,8 @@ REJECTED: Final = "meterline.usage.rejected"
 CONTRACTS: Final = "meterline.contracts"
 PERIODS: Final = "meterline.periods"
 STATS: Final = "meterline.stats"
+# `meterline replay`'s markers, one per replayed DLQ record (key DLQ_TOPIC/PARTITION/OFFSET).
+REPLAYS: Final = "meterline.replays"
 
 # Kafka's legal topic characters; a name is at most 249 of them, so the prefix stays short.
 _PREFIX_TEXT: Final = re.compile(r"[A-Za-z0-9._-]{0,100}")
@@ -39,7 +41,8 @@ class Topics:
     """The topic names, consumer group ids and transactional ids of one installation."""
 
     __slots__ = (
-        "contracts", "mediated", "periods", "prefix", "rated", "raw", "rejected", "repartition", "stats",
+        "contracts", "mediated", "periods", "prefix", "rated", "raw", "rejected", "repartition", "replays",
+        "stats",
     )  # fmt: skip
 
     def __init__(self, prefix: str = "") -> None:
@@ -52,6 +55,7 @@ class Topics:
         self.contracts: Final = prefix + CONTRACTS
         self.periods: Final = prefix + PERIODS
         self.stats: Final = prefix + STATS
+        self.replays: Final = prefix + REPLAYS
 
     def name(self, topic: str) -> str:
         """A topic of this installation; for raw topics, the name the settings give."""
@@ -85,6 +89,8 @@ def pipeline_topics(raw_topics: list[str], partitions: int) -> dict[str, tuple[i
         topics[name] = (1, COMPACTED)
     # Progress records: only the latest per stage/partition matters, so compact.
     topics[STATS] = (1, COMPACTED)
+    # Replay markers: the latest per DLQ record (a tombstone un-marks it).
+    topics[REPLAYS] = (1, COMPACTED)
     for source in [*raw_topics, REPARTITION]:
         topics[changelog_topic(source, "mediation")] = (partitions, COMPACTED)
     topics[changelog_topic(MEDIATED, "rating")] = (partitions, COMPACTED)

@@ -2,7 +2,8 @@
 events are rejected with that reason, a corrected catalog is published, the replay
 rates them, the invoice equals that of a run where the catalog was right from the
 start, and replaying again changes nothing (skipped as replayed, or, when forced, only
-duplicates)."""
+duplicates). rejected_events follows the replay markers: while the workers run, its
+export shows the replayed records as no longer waiting."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import yaml
 
+from consolidation.rejected import parquet_path
 from meterline.broker import EmbeddedBroker
 from meterline.cli import main
 from meterline.publish import publish_catalog, publish_close
@@ -127,6 +130,24 @@ def _wait_for(path: Path, pipeline: LivePipeline, timeout: float = 120) -> None:
         time.sleep(0.2)  # polling a file the consolidator writes; no event to wait on
 
 
+def _until_waiting(out: Path, reason: str, count: int, pipeline: LivePipeline, timeout: float = 120) -> None:
+    """Until the running consolidator's export of rejected_events shows `count` records of
+    `reason` waiting (not replayed): billing.duckdb is the writer's alone meanwhile."""
+    exported = parquet_path(out)
+    query = f"SELECT count(*) FROM read_parquet('{exported}') WHERE NOT replayed AND reason = ?"
+    deadline = time.monotonic() + timeout
+    found = None
+    while True:
+        if exported.exists():
+            found = duckdb.execute(query, [reason]).fetchone()
+            if found == (count,):
+                return
+        for stage, process in pipeline.workers.processes.items():
+            assert process.poll() is None, f"{stage} worker died with {process.returncode}"
+        assert time.monotonic() < deadline, f"{reason}: {found} waiting in the export, not {count}"
+        time.sleep(0.2)  # polling a file the consolidator rewrites; no event to wait on
+
+
 @pytest.mark.parametrize("reason", list(CASES))
 def test_replay_after_the_catalog_fix_bills_as_if_it_had_been_right(
     reason: str,
@@ -151,6 +172,7 @@ def test_replay_after_the_catalog_fix_bills_as_if_it_had_been_right(
         totals = pipeline.wait_drained()
         assert dict(totals.rejected) == {reason: rejected}
         assert totals.rated == len(EVENTS) - rejected
+        _until_waiting(tmp_path / "out", reason, rejected, pipeline)
 
         # A dry run counts by reason and account, and publishes nothing.
         dry = _replay(capsys, fresh_broker, "--dry-run")
@@ -170,6 +192,8 @@ def test_replay_after_the_catalog_fix_bills_as_if_it_had_been_right(
         totals = pipeline.wait_drained()
         assert totals.rated == len(EVENTS)
         assert dict(totals.rejected) == {reason: rejected}  # the DLQ keeps the originals
+        # The replay's markers: its records wait no more.
+        _until_waiting(tmp_path / "out", reason, 0, pipeline)
 
         # 5. a second replay publishes nothing: every record was replayed once
         again = _replay(capsys, fresh_broker, "--reason", reason)
@@ -195,3 +219,5 @@ def test_replay_after_the_catalog_fix_bills_as_if_it_had_been_right(
     assert table(out, DRAFTS) == reference["drafts"]
     assert table(out, LINES) == reference["lines"]
     assert table(out, TOTALS) == reference["totals"]
+    replayed = f"SELECT count(*) FILTER (replayed), count(*) FROM rejected_events WHERE reason = '{reason}'"
+    assert table(out, replayed) == [(rejected, rejected)]
