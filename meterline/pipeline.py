@@ -25,6 +25,7 @@ import orjson
 
 from consolidation.closing import accounts_active_in, finalize_period, reconcile_amounts, refresh_previews
 from consolidation.currency import minor_units
+from consolidation.rejected_feed import catch_up
 from consolidation.store import BillingStore
 from meterline.broker import EmbeddedBroker
 from meterline.catalog import Catalog
@@ -293,6 +294,9 @@ def _finish(
 ) -> RunResult:
     store = BillingStore(out)
     try:
+        # The workers stopped: read the DLQ to its end, so rejected_events holds the run's
+        # last rejections too (the consolidator may have stopped before it stored them).
+        catch_up(settings, store, catalog)
         now = datetime.now(UTC)
         with_usage = store.periods_with_usage()
         periods = _month_range(with_usage[0], with_usage[-1]) if with_usage else []

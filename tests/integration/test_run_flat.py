@@ -159,6 +159,20 @@ def test_rejections_by_reason_are_queryable(run_output: Path) -> None:
     }
 
 
+def test_rejected_events_holds_every_rejection_of_the_run(run_output: Path) -> None:
+    """The run reads the DLQ to its end after its workers stopped: none of its last
+    rejections is missing from rejected_events, nor from its Parquet export."""
+    out = run_output / "out"
+    db = duckdb.connect(str(out / "billing.duckdb"), read_only=True)
+    waiting = "SELECT reason, count(*) FROM rejected_events WHERE NOT replayed GROUP BY 1"
+    rows = dict(db.execute(waiting).fetchall())
+    assert rows == {
+        k.removeprefix("rejected."): v for k, v in EXPECTED_SUMMARY.items() if k.startswith("rejected.")
+    }
+    exported = pq.read_metadata(out / "rejected" / "rejected_events.parquet")
+    assert exported.num_rows == EXPECTED_SUMMARY["rejected"]
+
+
 def test_each_rejection_names_its_input_file_and_line(run_output: Path) -> None:
     # Reproduced defect: the summary gave counts by reason only; nothing said which line failed.
     out = run_output / "out"
