@@ -508,8 +508,12 @@ def test_worked_examples_come_out_of_meterline_run(tmp_path: Path) -> None:
         if "read_parquet(" in line
     ]
     assert len(statements) >= 3
-    for sql in statements:
-        assert duckdb.sql(sql.replace("'meterline-out/", f"'{out}/")).fetchall(), sql
+    plain = duckdb.connect()  # not duckdb's shared default connection, which other tests use
+    try:
+        for sql in statements:
+            assert plain.execute(sql.replace("'meterline-out/", f"'{out}/")).fetchall(), sql
+    finally:
+        plain.close()
 
 
 def _python_blocks(text: str) -> list[str]:
