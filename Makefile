@@ -26,8 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check meterline mediation rating consolidation schemas tests bench setup.py
 	$(BIN)/mypy
 
+# Three test processes on two cores: integration tests mostly wait on the broker
+# (group joins, commits), so the suite is bound by waiting, not CPU.
 test: lint $(NATIVE)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3
 
 unit: $(NATIVE)
 	$(BIN)/pytest -q -m 'not integration and not slow'
