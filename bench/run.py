@@ -8,7 +8,7 @@ of 1,000 accounts, native JSON events with 5% duplicates and 1% bad records, 12
 partitions. In the same run it measures the broker's raw produce and consume
 rates and a plain batched consume -> parse -> produce loop, so meterline's
 figures can be read as ratios on a noisy machine. Every figure is checked first:
-the reconciliation of DESIGN.md §7, the generator's planned counts, and invoice
+the reconciliation of docs/outputs.md, the generator's planned counts, and invoice
 totals equal to a Kafka-free reference computed from the same input
 (bench/reference.py). A wrong result exits 1 and records nothing.
 

@@ -1,6 +1,6 @@
 """Money rounding to ISO 4217 minor units.
 
-Invoice lines are the only rounded values in meterline (DESIGN §6): exact
+Invoice lines are the only rounded values in meterline (docs/catalog.md): exact
 amounts stay `Decimal` with 18 places until an invoice line is made, then are
 rounded to the currency's minor units with the plan's rounding mode. Rounding
 here is exact: a value given as a ratio (a prorated fee: amount × days / days

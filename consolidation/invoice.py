@@ -3,7 +3,7 @@
 Pure (no Kafka, no DuckDB, no clock): the same catalog, period and usage
 totals always give the same draft, so a consolidation worker can rebuild a
 draft after every batch or after a crash and get an identical result. The
-rules are DESIGN §6 "Invoice draft"; the output shape is §7's
+rules are in docs/catalog.md ("Invoice lines"); the output shape is docs/outputs.md's
 `invoice_drafts` / `invoice_lines` tables.
 """
 
@@ -130,7 +130,7 @@ def assemble_invoice(
     usage: Sequence[UsageTotal],
     status: str,
 ) -> InvoiceDraft | None:
-    """The invoice draft of `account` for `period` (DESIGN §6), or None when there is nothing to bill.
+    """The invoice draft of `account` for `period` (docs/catalog.md), or None when there is nothing to bill.
 
     `usage` holds the account's usage totals for the period, at most one per
     contract and charge. A draft exists when the account has rated usage, a one-time charge

@@ -1,4 +1,4 @@
-"""Readers of the raw usage formats of DESIGN.md §4: one raw record in, one
+"""Readers of the raw usage formats of docs/input-formats.md: one raw record in, one
 normalized `UsageEvent` out, or `Rejected` with the reason of its first defect.
 
     parse_record(raw, fmt, meters, now, max_size, cdr_zone) -> UsageEvent
@@ -94,7 +94,7 @@ def parse_record(
     enrichment fields are empty. `now` (timezone-aware) is the processing time;
     `cdr_zone` the time zone of Asterisk times (None: UTC).
     Raises `Rejected` — and nothing else, whatever the bytes — for every defect,
-    in the order of precedence of DESIGN.md §4.
+    in the order of precedence of docs/input-formats.md.
     """
     if len(raw) > max_size:
         raise Rejected(TOO_LARGE, f"{len(raw)} bytes, more than {max_size}")

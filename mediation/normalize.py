@@ -1,4 +1,4 @@
-"""Validation and normalization of one raw usage record (DESIGN.md §4).
+"""Validation and normalization of one raw usage record (docs/input-formats.md).
 
 The format readers of :mod:`mediation.formats` find a record's fields and hand
 them over as a `RawUsage`, rejecting on the spot only what makes the record
@@ -142,7 +142,7 @@ class RawUsage:
 def to_event(raw: RawUsage, now: datetime) -> UsageEvent:
     """Validate a found record against the meter's needs and normalize it.
 
-    Raises `Rejected` with the first applicable reason of DESIGN.md §4. `now` is the
+    Raises `Rejected` with the first applicable reason of docs/input-formats.md. `now` is the
     (timezone-aware) processing time, for the future-timestamp check.
     """
     names = raw.names

@@ -1,7 +1,7 @@
 """Unit conversion of usage quantities (a meter's `source_unit` → its `unit`).
 
 Factors are exact ratios of integers and every result is rounded once, half-even,
-to the 18 decimal places that quantities keep (DESIGN.md §6). Only units of the
+to the 18 decimal places that quantities keep (docs/catalog.md). Only units of the
 same dimension convert; anything else is an `UnknownConversion`, which the
 catalog loader reports through `is_convertible` before a catalog goes live.
 """

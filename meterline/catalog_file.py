@@ -1,4 +1,4 @@
-"""Reading, validating and building the contract catalog (DESIGN.md §5).
+"""Reading, validating and building the contract catalog (docs/catalog.md).
 
 A catalog document (YAML or JSON) is checked in two passes: the JSON Schema
 `schemas/catalog.schema.json` (shape, types, decimal text), then the rules that

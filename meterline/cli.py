@@ -1,4 +1,4 @@
-"""The `meterline` command line (DESIGN.md §3).
+"""The `meterline` command line (README.md, "The CLI").
 
 Exit codes: 0 success; 2 bad usage, bad input or an invalid catalog; 1 anything
 else, always as one clear line, never a bare traceback.

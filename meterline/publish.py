@@ -57,7 +57,7 @@ class InputFile:
 
 
 def parse_input(spec: str, default_format: str = "auto") -> InputFile:
-    """`FILE` or `FORMAT:FILE` (DESIGN.md §3).
+    """`FILE` or `FORMAT:FILE` (docs/input-formats.md).
 
     A prefix is a format when it is followed by `:` and holds no `/`; an unknown one
     is named as such (unless the whole argument names an existing file).

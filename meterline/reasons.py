@@ -1,4 +1,4 @@
-"""Rejection reason codes (DESIGN.md §4) and the exception that carries them.
+"""Rejection reason codes (docs/reason-codes.md) and the exception that carries them.
 
 The order of `REASONS` is the order of precedence when a record has several
 defects: validation before deduplication before enrichment.

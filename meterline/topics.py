@@ -1,5 +1,5 @@
 """Topic names and creation. Topics are created with explicit configs because
-Tansu's DescribeConfigs only returns what was set at creation (DESIGN.md §8).
+Tansu's DescribeConfigs only returns what was set at creation (docs/operations.md).
 
 The constants are the names of an installation without `topic_prefix`. With one (like
 Kafka Streams' application.id, so that two installations share a cluster), every topic

@@ -1,4 +1,4 @@
-"""Which charge of a plan rates an event (DESIGN.md §5, §6 filters).
+"""Which charge of a plan rates an event (docs/catalog.md).
 
 An event is rated by the FIRST charge of its plan whose meter equals the event's
 meter and whose filters all match; an absent filter matches everything.

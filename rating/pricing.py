@@ -1,4 +1,4 @@
-"""Pricing models (DESIGN.md §6): the price of a charge's aggregate, and per-event rounding.
+"""Pricing models (docs/catalog.md): the price of a charge's aggregate, and per-event rounding.
 
 Pure and exact. Every operation runs in a private 80-digit decimal context that
 traps `Inexact`, so arithmetic either is exact or fails loudly; the only rounding
@@ -163,7 +163,7 @@ def schedule_for(charge: Charge) -> PriceSchedule:
 
 
 def price(charge: Charge, aggregate: Decimal) -> Decimal:
-    """The price of a charge's aggregate A (DESIGN.md §6), exact to 18 places.
+    """The price of a charge's aggregate A (docs/catalog.md), exact to 18 places.
 
     With included units I, B = max(A - I, 0); tiers cover (previous up_to, up_to].
     flat: B * unit_price. graduated: each unit at its tier's price plus the

@@ -3,7 +3,7 @@
 For each account, contract, charge and period the rater keeps the running
 aggregate A of the meter. Rating an event moves A from `before` to `after` and
 emits `price(after) - price(before)`, exact, so the rated amounts of a key always
-sum to the price of its current aggregate, in any arrival order (DESIGN.md §6).
+sum to the price of its current aggregate, in any arrival order (docs/catalog.md).
 
 No Kafka, no clock, no globals: the caller owns the `RatingState`, writes a
 changelog entry for every key in `RatedBatch.changed` (and every value in

@@ -1,7 +1,7 @@
 """Hypothesis strategies (and the plain builders they use) shared by the test suite.
 
 Values are drawn the way a catalog and mediation produce them: non-negative
-decimals of mixed scale (up to the 18 places of DESIGN.md §6), tier tables with
+decimals of mixed scale (up to the 18 places of docs/catalog.md), tier tables with
 strictly increasing bounds and an open last tier, enriched usage events.
 """
 

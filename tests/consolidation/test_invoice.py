@@ -1,4 +1,4 @@
-"""Invoice assembly (DESIGN §6 "Invoice draft"), with expected lines computed by hand."""
+"""Invoice assembly (docs/catalog.md), with expected lines computed by hand."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Consolidation on the real embedded broker (DESIGN.md §1, §6, §7).
+"""Consolidation on the real embedded broker (docs/outputs.md).
 
 * `meterline run --close-all` on a generated month of SaaS and telecom usage:
   one final draft per active account, Parquet equal to DuckDB row for row,

@@ -1,5 +1,5 @@
 """SIGKILL a real stage process mid-stream; after a restart the results equal an
-uninterrupted run exactly (DESIGN.md §1 "exactly-once effect")."""
+uninterrupted run exactly (docs/operations.md)."""
 
 from __future__ import annotations
 

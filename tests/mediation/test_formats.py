@@ -1,4 +1,4 @@
-"""Parsing, normalization and validation of raw usage records (DESIGN.md §4)."""
+"""Parsing, normalization and validation of raw usage records (docs/input-formats.md)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from meterline.records import UsageEvent
 DATA = Path(__file__).resolve().parent.parent / "data"
 NOW = datetime(2026, 3, 31, tzinfo=UTC)
 
-# The meters of the DESIGN.md §5 example catalog.
+# The meters of the docs/input-formats.md example catalog.
 METERS: dict[str, Meter] = {
     meter.code: meter
     for meter in (

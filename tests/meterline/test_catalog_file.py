@@ -1,4 +1,4 @@
-"""Loading and validating contract catalogs (DESIGN.md §5)."""
+"""Loading and validating contract catalogs (docs/catalog.md)."""
 
 from __future__ import annotations
 

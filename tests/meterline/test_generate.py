@@ -237,7 +237,7 @@ def test_exact_decimal_quantities(catalog_doc: dict[str, Any]) -> None:
 
 
 def test_events_for_the_design_example_catalog() -> None:
-    """Any valid catalog works, e.g. the DESIGN.md §5 example (one account, one contract)."""
+    """Any valid catalog works, e.g. the docs/catalog.md example (one account, one contract)."""
     doc = read_catalog_document(EXAMPLE)
     catalog = load_catalog(EXAMPLE)
     lines = list(generate_events(doc, 2000, seed=9, duplicate_rate=0, bad_rate=0))

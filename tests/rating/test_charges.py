@@ -1,4 +1,4 @@
-"""Charge selection (DESIGN.md §5, §6 filters): first match wins, absent filters match."""
+"""Charge selection (docs/catalog.md): first match wins, absent filters match."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pricing models (DESIGN.md §6): worked examples, edge cases, and properties against a naive oracle."""
+"""Pricing models (docs/catalog.md): worked examples, edge cases, and properties against a naive oracle."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.strategies import charges, decimals, event_roundings, quantities
 
 D = Decimal
 
-# The saas-pro examples of DESIGN.md §5.
+# The saas-pro example catalog of docs/catalog.md.
 API = Charge(
     "api",
     "api_calls",
@@ -161,7 +161,7 @@ _ORACLE = Context(prec=200)
 
 
 def oracle_price(charge: Charge, aggregate: Decimal) -> Decimal:
-    """DESIGN.md §6 read literally, in a 200-digit context, with none of the schedule's shortcuts."""
+    """docs/catalog.md's pricing read literally, 200-digit context, none of the schedule's shortcuts."""
     with localcontext(_ORACLE):
         billable = max(aggregate - charge.included, D(0))
         if charge.model == "flat":

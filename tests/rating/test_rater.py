@@ -1,4 +1,4 @@
-"""The incremental rater: worked examples from DESIGN.md §5/§6 and order-independence properties."""
+"""The incremental rater: worked examples from docs/catalog.md and order-independence properties."""
 
 from __future__ import annotations
 
