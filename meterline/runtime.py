@@ -150,14 +150,9 @@ class StageRunner:
                 batches=self._batches,
                 **{f"{k}_s": round(v, 2) for k, v in self._spent.items()},
             )
-            try:
-                # close() revokes the partitions, whose callback may call the client again: after
-                # a fatal error (a fenced producer) that raises too, and must not hide the cause.
-                self._consumer.close()
-                if self._txn is not None:
-                    self._txn.flush(10)
-            except KafkaException as exc:
-                self._log.warning("stop_cleanup_failed", error=describe(error_of(exc)))
+            self._consumer.close()
+            if self._txn is not None:
+                self._txn.flush(10)
 
     def _failed(self, exc: FatalKafkaError) -> FatalKafkaError:
         """/healthz says why at once; the caller logs it (meterline.workers: one line) and exits."""
