@@ -152,6 +152,3 @@ class Transactions:
         self._fenced_once = True
         self._log.warning("producer_fenced", error=detail, action="replaced once")
         self.producer = self._new_producer()
-
-    def flush(self, timeout: float) -> None:
-        self.producer.flush(timeout)
