@@ -1,0 +1,129 @@
+"""The billing store's connection: a DuckLake catalog plus Parquet data files.
+
+DuckLake keeps the tables' metadata (snapshots, file lists, statistics) in a SQL
+database, the catalog, and the rows in Parquet files. Every commit is a snapshot:
+readers see committed snapshots only and never block writers, several writer
+processes commit to the same tables, and any earlier snapshot can be read back
+(`at`, draft history).
+
+Where things are, for an output folder DIR:
+- the catalog: `DIR/billing.sqlite` (SQLite: several local processes), or a
+  PostgreSQL database named by the `store_catalog` setting (`postgres:dbname=...`);
+- the data: `DIR/data/`, stored in the catalog as the relative path `data/`, and
+  every data file relative to it. Each connection names the folder it was given,
+  so DIR can be moved or copied: nothing stores an absolute path.
+
+A plain DuckDB session in the folder above DIR attaches the store read-only with:
+
+    ATTACH 'ducklake:sqlite:meterline-out/billing.sqlite' AS billing
+        (READ_ONLY, DATA_PATH 'meterline-out/data/', OVERRIDE_DATA_PATH true);
+    USE billing;
+
+The DuckDB extensions come from PyPI packages pinned to DuckDB's exact version
+(duckdb-extension-ducklake, -sqlite-scanner, -postgres-scanner); without them (an
+image that installs extensions itself) DuckDB's own INSTALL is used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+import duckdb
+
+ALIAS: Final = "billing"
+CATALOG_FILE: Final = "billing.sqlite"
+DATA_DIR: Final = "data"
+# The catalog keeps this, relative: each connection supplies where it is now.
+STORED_DATA_PATH: Final = f"{DATA_DIR}/"
+
+# DuckLake's default retry of a conflicting commit waits 100 ms and grows 1.5x: far
+# longer than a batch. Writers here retry sooner and more often.
+_RETRY_SETTINGS: Final = (
+    "SET ducklake_retry_wait_ms = 5",
+    "SET ducklake_retry_backoff = 1.3",
+    "SET ducklake_max_retry_count = 100",
+)
+
+_EXTENSIONS: Final = {
+    "ducklake": "duckdb_extension_ducklake",
+    "sqlite_scanner": "duckdb_extension_sqlite_scanner",
+    "postgres_scanner": "duckdb_extension_postgres_scanner",
+}
+
+
+class StoreMissingError(Exception):
+    """A reader asked for a store that does not exist (yet)."""
+
+
+def load_extensions(db: duckdb.DuckDBPyConnection, names: tuple[str, ...]) -> None:
+    for name in names:
+        package = importlib.util.find_spec(_EXTENSIONS[name])
+        if package is None or package.submodule_search_locations is None:
+            db.execute(f"INSTALL {name}")
+            db.execute(f"LOAD {name}")
+            continue
+        folder = Path(next(iter(package.submodule_search_locations)))
+        found = sorted(folder.glob(f"extensions/v{duckdb.__version__}/{name}.duckdb_extension"))
+        if not found:
+            raise RuntimeError(f"{_EXTENSIONS[name]} has no extension for DuckDB {duckdb.__version__}")
+        db.execute(f"LOAD '{_sql_text(found[0].as_posix())}'")
+
+
+def catalog_uri(out: Path, catalog: str = "") -> str:
+    """`ducklake:` plus the catalog: the SQLite file in DIR, or the configured database."""
+    if catalog:
+        return f"ducklake:{catalog}"
+    return f"ducklake:sqlite:{(out / CATALOG_FILE).as_posix()}"
+
+
+def store_exists(out: Path, catalog: str = "") -> bool:
+    return bool(catalog) or (out / CATALOG_FILE).exists()
+
+
+def connect(
+    out: str | Path,
+    *,
+    catalog: str = "",
+    read_only: bool = False,
+    at: datetime | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the store attached as `billing` and in use.
+
+    Writers create the store when it does not exist; readers (`read_only`) get
+    StoreMissingError instead. `at` reads the snapshot current at that instant.
+    """
+    folder = Path(out).absolute()
+    existed = store_exists(folder, catalog)
+    if read_only and not existed:
+        raise StoreMissingError(f"{folder} holds no billing store (run the consolidation first)")
+    db = duckdb.connect()
+    try:
+        backend = "postgres_scanner" if catalog.startswith("postgres:") else "sqlite_scanner"
+        load_extensions(db, ("ducklake", backend))
+        uri = _sql_text(catalog_uri(folder, catalog))
+        if not existed:
+            folder.mkdir(parents=True, exist_ok=True)
+            # Created with the relative data path, then attached like every later connection.
+            db.execute(f"ATTACH '{uri}' AS {ALIAS} (DATA_PATH '{STORED_DATA_PATH}')")
+            db.execute(f"DETACH {ALIAS}")
+        options = [f"DATA_PATH '{_sql_text((folder / DATA_DIR).as_posix())}/'", "OVERRIDE_DATA_PATH true"]
+        if read_only:
+            options.append("READ_ONLY")
+        if at is not None:
+            options.append(f"SNAPSHOT_TIME '{at.isoformat()}'")
+        db.execute(f"ATTACH '{uri}' AS {ALIAS} ({', '.join(options)})")
+        db.execute(f"USE {ALIAS}")
+        if not read_only:
+            for statement in _RETRY_SETTINGS:
+                db.execute(statement)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
