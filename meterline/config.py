@@ -65,6 +65,14 @@ class Settings:
     schema_registry_user_info: str = ""  # "user:password" for basic auth; a secret, never logged
     schema_registry_ca_location: str = ""  # PEM file of the CA of an https registry
     schema_registry_auto_register: bool = True
+    # Catalog of the billing store: "" keeps it in DIR/billing.sqlite (one host); a DuckLake
+    # catalog spec such as "postgres:dbname=meterline host=... user=..." lets several
+    # consolidation workers on several hosts share it. Holds a password: never logged.
+    store_catalog: str = ""
+    # How often a consolidation worker compacts the store's small data files.
+    store_maintenance_interval_s: float = 300.0
+    # Snapshots (draft history read with `query --at`) are kept this long, then expire.
+    draft_history_days: int = 400
 
     def __post_init__(self) -> None:
         try:
