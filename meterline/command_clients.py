@@ -9,14 +9,15 @@ reaching the terminal, and a broker that does not answer is one
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from meterline.command_errors import CommandFailed
 from meterline.config import Settings
-from meterline.kafka_config import client_config
+from meterline.kafka_config import client_config, plain_producer_config, transactional_producer_config
 
 # How long a command waits for a broker to answer before it gives up.
 CONNECT_TIMEOUT_S: Final = 10.0
@@ -66,3 +67,29 @@ def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT_S) -> N
         raise KafkaUnavailable(
             f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:.0f}s"
         ) from exc
+
+
+def plain_producer(
+    settings: Settings,
+    errors: ClientErrors,
+    on_failure: Callable[[KafkaError | None, Message | None], None],
+    **ours: Any,
+) -> Producer:
+    """A quiet idempotent producer without transactions; `ours` under the user's `[kafka]`.
+
+    Only failed deliveries reach `on_failure`: a Python callback per delivered record
+    costs as much as producing it.
+    """
+    config = {**plain_producer_config(settings.bootstrap_servers, settings.kafka), **ours, **settings.kafka}
+    return Producer(quiet({**config, "on_delivery": on_failure, "delivery.report.only.error": True}, errors))
+
+
+def transactional_producer(settings: Settings, errors: ClientErrors, name: str) -> Producer:
+    """A quiet transactional producer; its transactional id is `name`, per instance and topic prefix."""
+    transactional_id = settings.topics.group(f"{name}-{settings.instance_id}")
+    return Producer(
+        quiet(
+            transactional_producer_config(settings.bootstrap_servers, settings.kafka, transactional_id),
+            errors,
+        )
+    )

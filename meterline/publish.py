@@ -24,12 +24,19 @@ from confluent_kafka.admin import AdminClient
 from mediation.formats import FORMATS, account_of
 from meterline.catalog_changes import accounts_of_entities, blocked_removals, describe
 from meterline.catalog_file import catalog_entities, parse_catalog, read_catalog_document, validate_document
-from meterline.command_clients import ClientErrors, DeliveryError, check_reachable, quiet
+from meterline.command_clients import (
+    ClientErrors,
+    DeliveryError,
+    check_reachable,
+    plain_producer,
+    quiet,
+    transactional_producer,
+)
 from meterline.command_errors import UserError
 from meterline.config import Settings
 from meterline.dlq import TRUNCATED_HEADER, max_bytes_of, record_size
 from meterline.headers import CDR_TIMEZONE_HEADER, SOURCE_FILE_HEADER, SOURCE_LINE_HEADER, SourceLines
-from meterline.kafka_config import client_config, plain_producer_config, transactional_producer_config
+from meterline.kafka_config import client_config
 from meterline.tables import CompactedTable, PeriodsTable
 from meterline.topics import ensure_topics
 
@@ -152,17 +159,7 @@ def _closed_periods(settings: Settings) -> Callable[[str, str], bool]:
 
 
 def _publish_transaction(settings: Settings, changes: list[tuple[bytes, bytes | None]]) -> None:
-    errors = ClientErrors()
-    producer = Producer(
-        quiet(
-            transactional_producer_config(
-                settings.bootstrap_servers,
-                settings.kafka,
-                settings.topics.group(f"meterline-contracts-publisher-{settings.instance_id}"),
-            ),
-            errors,
-        )
-    )
+    producer = transactional_producer(settings, ClientErrors(), "meterline-contracts-publisher")
     try:
         producer.init_transactions(30)
         producer.begin_transaction()
@@ -228,17 +225,7 @@ def produce_inputs(
             failures.append(error)
 
     errors = ClientErrors()
-    # Reports of failed deliveries only: a Python callback per delivered record costs as much as producing it.
-    producer = Producer(
-        quiet(
-            {
-                **plain_producer_config(settings.bootstrap_servers, settings.kafka),
-                "on_delivery": delivered,
-                "delivery.report.only.error": True,
-            },
-            errors,
-        )
-    )
+    producer = plain_producer(settings, errors, delivered)
     topic = topic or settings.topics.name(settings.raw_topics[0].name)
     max_bytes = max_bytes_of(settings.kafka)
 
@@ -368,16 +355,8 @@ def publish_close(settings: Settings, period: str, account_id: str | None = None
             failures.append(error)
 
     errors = ClientErrors()
-    producer = Producer(
-        quiet(
-            {
-                **plain_producer_config(settings.bootstrap_servers, settings.kafka),
-                "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
-                **settings.kafka,
-                "on_delivery": delivered,
-            },
-            errors,
-        )
+    producer = plain_producer(
+        settings, errors, delivered, **{"message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000)}
     )
     key = f"{period}/{account_id}" if account_id else period
     value = {

@@ -31,12 +31,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 
 from meterline.catalog import Catalog
-from meterline.command_clients import ClientErrors, DeliveryError, quiet
+from meterline.command_clients import ClientErrors, DeliveryError, transactional_producer
 from meterline.config import Settings
-from meterline.kafka_config import transactional_producer_config
 from meterline.replay_options import UsageError, parse_reasons, parse_time
 from meterline.replay_select import (
     Copy,
@@ -109,17 +108,7 @@ def replay(settings: Settings, selection: Selection, dry_run: bool = False) -> R
 
 
 def _publish(settings: Settings, copies: list[Copy]) -> None:
-    errors = ClientErrors()
-    producer = Producer(
-        quiet(
-            transactional_producer_config(
-                settings.bootstrap_servers,
-                settings.kafka,
-                settings.topics.group(f"meterline-replay-{settings.instance_id}"),
-            ),
-            errors,
-        )
-    )
+    producer = transactional_producer(settings, ClientErrors(), "meterline-replay")
     markers = settings.topics.replays
     done = 0
     try:

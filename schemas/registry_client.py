@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 import structlog
 
@@ -112,6 +112,16 @@ class Registry:
             raise RegistryError(f"{method} {path}: {type(error).__name__}: {error}") from None
 
 
+class ResolveOptions(TypedDict, total=False):
+    """The keyword options of resolve_ids, which use_registry passes on."""
+
+    user_info: str
+    ca_location: str
+    register: bool
+    timeout_s: float
+    retry_s: float
+
+
 def resolve_ids(
     url: str,
     mediated_topic: str,
@@ -150,27 +160,10 @@ def resolve_ids(
 
 
 def use_registry(
-    url: str,
-    mediated_topic: str,
-    rated_topic: str,
-    *,
-    user_info: str = "",
-    ca_location: str = "",
-    register: bool = True,
-    timeout_s: float = 10.0,
-    retry_s: float = 30.0,
+    url: str, mediated_topic: str, rated_topic: str, **options: Unpack[ResolveOptions]
 ) -> SchemaIds:
     """resolve_ids, then frame and expect those ids in every record (codec.configure)."""
-    ids = resolve_ids(
-        url,
-        mediated_topic,
-        rated_topic,
-        user_info=user_info,
-        ca_location=ca_location,
-        register=register,
-        timeout_s=timeout_s,
-        retry_s=retry_s,
-    )
+    ids = resolve_ids(url, mediated_topic, rated_topic, **options)
     configure(ids)
     log.info("schema_ids", registry=_without_user_info(url), mediated=ids.mediated, rated=ids.rated)
     return ids
