@@ -104,7 +104,8 @@ def connect(
         backend = "postgres_scanner" if catalog.startswith("postgres:") else "sqlite_scanner"
         load_extensions(db, ("ducklake", backend))
         uri = _sql_text(catalog_uri(folder, catalog))
-        if not existed:
+        # A database catalog may be empty: a writer attaches it with the relative path first.
+        if not existed or (catalog and not read_only):
             folder.mkdir(parents=True, exist_ok=True)
             # Created with the relative data path, then attached like every later connection.
             db.execute(f"ATTACH '{uri}' AS {ALIAS} (DATA_PATH '{STORED_DATA_PATH}')")
