@@ -30,9 +30,11 @@ COMPILED = [
     "meterline/runtime.py",
     "mediation/dedup.py",
     "mediation/enrich.py",
+    "mediation/fields.py",  # field and timestamp reading, split out of normalize
     "mediation/formats.py",
     "mediation/normalize.py",
     "mediation/stage.py",
+    "mediation/timestamps.py",
     "mediation/units.py",
     "rating/charges.py",
     "rating/pricing.py",
