@@ -179,11 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = sub.add_parser(
         "query",
-        help="DuckDB SQL over the outputs",
-        description="Run DuckDB SQL over billing.duckdb (tables and the rated_usage view).",
+        help="DuckDB SQL over the billing store, also while the workers run",
+        description="Run DuckDB SQL over the billing store in DIR (invoice_drafts, invoice_lines, "
+        "usage_totals, rated_usage, rejected_events), read-only: the latest committed snapshot, "
+        "or the one current at --at. Times print in UTC.",
     )
     query.add_argument("sql", metavar="SQL", help="the query, e.g. \"SELECT * FROM invoice_drafts\"")
-    query.add_argument("--out", default="meterline-out", metavar="DIR", help="output folder")
+    query.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table (default, for reading); csv (RFC 4180, header first, NULL as an empty field); "
+        "json (one array of objects; DECIMAL as strings at full scale, times as ISO 8601, NULL as null)",
+    )
+    query.add_argument(
+        "--at",
+        metavar="TIMESTAMP",
+        help="read the store as it was at this ISO 8601 time, e.g. 2026-12-06T10:00:00Z or "
+        "2026-12-06T11:00:00+01:00; a time without an offset is UTC",
+    )
+    query.add_argument("--out", metavar="DIR", help="output folder (default ./meterline-out)")
+    query.add_argument(
+        "--config",
+        metavar="FILE",
+        help="meterline.toml settings file, for store_catalog (env METERLINE_CONFIG)",
+    )
 
     broker = sub.add_parser(
         "broker",
@@ -285,20 +305,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    import duckdb
+    from meterline.query import parse_at, run_query
 
-    path = Path(args.out) / "billing.duckdb"
-    if not path.exists():
-        raise UsageError(f"{path}: no such database; run the pipeline first or pass --out")
-    db = duckdb.connect(str(path), read_only=True)
-    try:
-        relation = db.sql(args.sql)
-    except duckdb.Error as exc:
-        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from exc
-    if relation is None:
-        return 0
-    relation.show(max_rows=1000, max_width=200)
-    return 0
+    at = parse_at(args.at) if args.at is not None else None  # before reading any settings
+    settings = _settings(args)
+    out = Path(settings.out_dir)
+    return run_query(args.sql, out, catalog=settings.store_catalog, at=at, fmt=args.format)
 
 
 def _broker(args: argparse.Namespace) -> int:
