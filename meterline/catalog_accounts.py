@@ -1,0 +1,157 @@
+"""Building a catalog's accounts and their contracts from a schema-valid document,
+checking what spans contracts: ids unique across the catalog, no overlapping
+contracts, one currency and rounding mode per billing period."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from datetime import date
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from meterline.catalog import Account, Contract, OneTimeCharge, Plan
+from meterline.catalog_read import DocPath, format_path
+from meterline.catalog_values import ValueReader
+
+_MAX_NET_TERMS_DAYS: Final = 3650
+
+
+class AccountBuilder(ValueReader):
+    """The accounts of one document, whose `plans` are already built."""
+
+    def __init__(self, source: str, plans: Mapping[str, Plan]) -> None:
+        super().__init__(source)
+        self.plans = plans
+        self.accounts: dict[str, Account] = {}
+        # Catalog-wide contract ids, id -> path of its first definition.
+        self.contract_paths: dict[str, DocPath] = {}
+
+    def build(self, specs: Sequence[Mapping[str, Any]]) -> dict[str, Account]:
+        for index, spec in enumerate(specs):
+            account = self.account(("accounts", index), spec)
+            self.accounts[account.id] = account
+        return self.accounts
+
+    def account(self, path: DocPath, spec: Mapping[str, Any]) -> Account:
+        account_id: str = spec["id"]
+        if account_id in self.accounts:
+            self.fail((*path, "id"), f"duplicate account id {account_id!r}")
+        timezone: str = spec["timezone"]
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail((*path, "timezone"), f"unknown IANA time zone {timezone!r}")
+        tax_rate = spec.get("tax_rate")
+        indexed = [
+            (index, self.contract((*path, "contracts", index), account_id, contract))
+            for index, contract in enumerate(spec["contracts"])
+        ]
+        indexed.sort(key=lambda item: (item[1].start, item[0]))
+        self.check_contract_sequence((*path, "contracts"), indexed)
+        return Account(
+            id=account_id,
+            name=spec.get("name") or account_id,
+            timezone=timezone,
+            contracts=tuple(contract for _, contract in indexed),
+            tax_rate=self.decimal((*path, "tax_rate"), tax_rate, at_most=100)
+            if tax_rate is not None
+            else None,
+            net_terms_days=self.net_terms_days((*path, "net_terms_days"), spec.get("net_terms_days", "30")),
+        )
+
+    def net_terms_days(self, path: DocPath, text: str) -> int:
+        days = int(text)  # the schema guarantees digits
+        if days > _MAX_NET_TERMS_DAYS:
+            self.fail(path, f"must be at most {_MAX_NET_TERMS_DAYS} days, got {json.dumps(text)}")
+        return days
+
+    def contract(self, path: DocPath, account_id: str, spec: Mapping[str, Any]) -> Contract:
+        contract_id: str = spec["id"]
+        if contract_id in self.contract_paths:
+            first = format_path(self.contract_paths[contract_id])
+            self.fail((*path, "id"), f"duplicate contract id {contract_id!r} (first defined at {first})")
+        self.contract_paths[contract_id] = path
+        if spec["plan"] not in self.plans:
+            self.fail((*path, "plan"), f"unknown plan {spec['plan']!r}")
+        start = self.date((*path, "start"), spec["start"])
+        end = self.date((*path, "end"), spec["end"]) if spec.get("end") is not None else None
+        if end is not None and end <= start:
+            self.fail((*path, "end"), f"must be after start {start.isoformat()} (end is exclusive)")
+        discount = spec.get("discount_percent")
+        one_time: list[OneTimeCharge] = []
+        seen: set[str] = set()
+        for index, item in enumerate(spec.get("one_time", ())):
+            item_path = (*path, "one_time", index)
+            if item["id"] in seen:
+                self.fail((*item_path, "id"), f"duplicate one-time charge id {item['id']!r} in contract")
+            seen.add(item["id"])
+            day = self.date((*item_path, "date"), item["date"])
+            if day < start or (end is not None and day >= end):
+                self.fail((*item_path, "date"), f"{day.isoformat()} is outside the contract's dates")
+            one_time.append(
+                OneTimeCharge(
+                    id=item["id"],
+                    amount=self.decimal((*item_path, "amount"), item["amount"]),
+                    date=day,
+                    description=item.get("description") or item["id"],
+                )
+            )
+        return Contract(
+            id=contract_id,
+            account_id=account_id,
+            plan_id=spec["plan"],
+            start=start,
+            end=end,
+            discount_percent=(
+                self.decimal((*path, "discount_percent"), discount, at_most=100)
+                if discount is not None
+                else None
+            ),
+            minimum_commitment=self.optional_decimal(path, spec, "minimum_commitment"),
+            one_time=tuple(one_time),
+        )
+
+    def check_contract_sequence(self, path: DocPath, indexed: Sequence[tuple[int, Contract]]) -> None:
+        """No overlaps; one currency and rounding mode per billing period (invoices are per period)."""
+        for (_, previous), (index, contract) in itertools.pairwise(indexed):
+            if previous.end is None or previous.end > contract.start:
+                self.fail(
+                    (*path, index, "start"),
+                    f"contract {contract.id!r} overlaps contract {previous.id!r} ({_window_text(previous)})",
+                )
+        for position, (_, earlier) in enumerate(indexed):
+            earlier_plan = self.plans[earlier.plan_id]
+            # Last month the contract touches: the month of its last day (end is exclusive).
+            last_month = _month_index(date.fromordinal(earlier.end.toordinal() - 1)) if earlier.end else None
+            for index, later in indexed[position + 1 :]:
+                first_month = _month_index(later.start)
+                if last_month is not None and last_month < first_month:
+                    continue
+                later_plan = self.plans[later.plan_id]
+                shared = _month_text(first_month)
+                if later_plan.currency != earlier_plan.currency:
+                    self.fail(
+                        (*path, index, "plan"),
+                        f"plan {later_plan.id!r} bills in {later_plan.currency} but contract {earlier.id!r} "
+                        f"(plan {earlier_plan.id!r}, {earlier_plan.currency}) shares billing period {shared}",
+                    )
+                if later_plan.rounding != earlier_plan.rounding:
+                    self.fail(
+                        (*path, index, "plan"),
+                        f"plan {later_plan.id!r} rounds {later_plan.rounding} but contract {earlier.id!r} "
+                        f"(plan {earlier_plan.id!r}, {earlier_plan.rounding}) shares billing period {shared}",
+                    )
+
+
+def _month_index(day: date) -> int:
+    return day.year * 12 + day.month - 1
+
+
+def _month_text(index: int) -> str:
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def _window_text(contract: Contract) -> str:
+    return f"{contract.start.isoformat()} to {contract.end.isoformat() if contract.end else 'open end'}"
