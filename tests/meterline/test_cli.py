@@ -60,7 +60,7 @@ def test_every_subcommand_has_help(command: list[str]) -> None:
             ],
             "unknown format",
         ),
-        (["query", "SELECT 1", "--out", "/nonexistent/out"], "no such database"),
+        (["query", "SELECT 1", "--out", "/nonexistent/out"], "no billing store here"),
         # Reproduced defect: an unknown prefix said "no such input file".
         (
             [
@@ -135,9 +135,9 @@ def test_bad_catalog_names_file_path_and_problem(tmp_path: Path) -> None:
 
 
 def test_query_prints_a_table(tmp_path: Path) -> None:
-    import duckdb
+    from consolidation import lake
 
-    db = duckdb.connect(str(tmp_path / "billing.duckdb"))
+    db = lake.connect(tmp_path)
     db.execute("CREATE TABLE t AS SELECT 42::DECIMAL(10,2) AS answer")
     db.close()
     result = meterline("query", "SELECT answer FROM t", "--out", str(tmp_path))
