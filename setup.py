@@ -29,6 +29,7 @@ COMPILED = [
     "meterline/restore.py",  # the changelog restore loop, split out of the runtime
     "meterline/runtime.py",
     "mediation/dedup.py",
+    "mediation/dedup_state.py",  # the dedup state's changelog, split out of the stage
     "mediation/enrich.py",
     "mediation/fields.py",  # field and timestamp reading, split out of normalize
     "mediation/formats.py",

@@ -11,11 +11,8 @@ Two steps share one process and one transaction:
 
 A dedup key is taken only by a copy that is emitted: a copy rejected by enrichment,
 charge matching or a closed period holds none, so a corrected copy is mediated. A copy
-whose key is held, in whatever period, is a duplicate.
-
-Dedup state reaches the changelog as one block per batch, partition and period
-(the batch's new keys, concatenated), not one record per key; when a period is
-closed for every account its keys are forgotten and its blocks tombstoned.
+whose key is held, in whatever period, is a duplicate. The keys held, and their
+changelog, are mediation.dedup_state's.
 """
 
 from __future__ import annotations
@@ -27,7 +24,9 @@ from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 
 from mediation.cloudevents import parse_binary_cloudevent
-from mediation.dedup import SeenSet, dedup_key
+from mediation.dedup import dedup_key
+from mediation.dedup_state import BLOCK as BLOCK  # still importable from here
+from mediation.dedup_state import DedupState, closed_everywhere
 from mediation.enrich import ChargeCache, enrich, local_time
 from mediation.formats import CE_CONTENT_TYPE, CE_SPECVERSION, parse_record
 from mediation.normalize import cdr_zone
@@ -52,7 +51,6 @@ CDR_TIMEZONE_HEADER = "meterline.cdr_timezone"
 # Headers saying how a raw record is read (with every `ce_` header): its DLQ copy keeps them,
 # so that a replay reads it as it was read; forwarded with it when they say more than its topic.
 _READING_HEADERS = frozenset((FORMAT_HEADER, CDR_TIMEZONE_HEADER, CE_CONTENT_TYPE))
-BLOCK = b"B"  # changelog key prefix of a block of dedup keys: B<period>\x1f<last offset>
 
 
 def partition_for(account_id: str, partitions: int) -> int:
@@ -103,59 +101,29 @@ class MediationProcessor:
             for t in settings.raw_topics
         }
         self.max_dlq_bytes = max_bytes_of(settings.kafka)
-        self.seen: dict[TP, SeenSet] = {}
-        # Changelog block keys per partition and period, to tombstone them when the period is forgotten.
-        self.blocks: dict[TP, dict[str, list[bytes]]] = {}
-        self._tombstones: dict[TP, list[bytes]] = {}
-        self._forgettable: set[str] = set()
-        self._forgettable_known = False  # computed on the first idle, then when a table changes
+        self.state = DedupState()
+        self.seen = self.state.seen  # the held keys, by partition
 
     # -- state -----------------------------------------------------------------
 
     def restore(self, tp: TP, entries: Iterator[tuple[bytes, bytes | None]]) -> None:
-        seen = self.seen.setdefault(tp, SeenSet())
-        blocks = self.blocks.setdefault(tp, {})
-        for key, value in entries:
-            if not key.startswith(BLOCK):
-                continue
-            period = key[1:].split(b"\x1f", 1)[0].decode()
-            if value is None:  # tombstone of a forgotten period's block
-                continue
-            seen.add_block(period, value)
-            blocks.setdefault(period, []).append(key)
+        self.state.restore(tp, entries)
         self._gauge()
 
     def release(self, tp: TP) -> None:
-        self.seen.pop(tp, None)
-        self.blocks.pop(tp, None)
-        self._tombstones.pop(tp, None)
+        self.state.release(tp)
 
     def idle(self) -> None:
         catalog_changed = self.contracts.poll()
-        if self.periods.poll() or catalog_changed or not self._forgettable_known:
-            self._forgettable = self._closed_everywhere()
-            self._forgettable_known = True
-        if self._forgettable:
-            self._forget_closed_periods()
-
-    def _closed_everywhere(self) -> set[str]:
-        """Periods closed for every account: their invoices can no longer change."""
-        closed = set(self.periods.closed_all)
-        accounts = set(self.contracts.catalog.accounts)
-        per_period: dict[str, set[str]] = {}
-        for period, account in self.periods.closed_accounts:
-            per_period.setdefault(period, set()).add(account)
-        closed.update(p for p, done in per_period.items() if accounts and accounts <= done)
-        return closed
-
-    def _forget_closed_periods(self) -> None:
-        for tp, seen in self.seen.items():
-            for period in self._forgettable.intersection(seen.by_period):
-                seen.forget_period(period)
-                self._tombstones.setdefault(tp, []).extend(self.blocks.get(tp, {}).pop(period, []))
+        if self.periods.poll() or catalog_changed or not self.state.forgettable_known:
+            periods, accounts = self.periods, self.contracts.catalog.accounts
+            self.state.set_forgettable(
+                closed_everywhere(periods.closed_all, periods.closed_accounts, accounts)
+            )
+        self.state.forget_closed_periods()
 
     def _gauge(self) -> None:
-        metrics.STATE_ENTRIES.labels(STAGE).set(sum(len(s) for s in self.seen.values()))
+        metrics.STATE_ENTRIES.labels(STAGE).set(self.state.entries())
 
     # -- transform -------------------------------------------------------------
 
@@ -187,10 +155,7 @@ class MediationProcessor:
                 keyed.setdefault(tp, []).append(item)
         for tp, items in keyed.items():
             self._keyed_step(tp, items, result)
-        for tp, keys in self._tombstones.items():
-            if tp in result.counts:  # a changelog record needs a batch of this partition to ride on
-                result.changelog.setdefault(tp, []).extend((key, None) for key in keys)
-                keys.clear()
+        self.state.add_tombstones(result)
         self._gauge()
         return result
 
@@ -281,7 +246,7 @@ class MediationProcessor:
     def _keyed_step(self, tp: TP, items: list[_Keyed], result: BatchResult) -> None:
         catalog = self.contracts.catalog
         counts = result.counts[tp]
-        seen = self.seen.setdefault(tp, SeenSet())
+        seen = self.state.partition(tp)
         located: list[_Keyed] = []
         keys: list[bytes] = []
         locals_: list[tuple[Account | None, datetime]] = []
@@ -316,13 +281,7 @@ class MediationProcessor:
         if duplicates:
             counts["duplicates"] += duplicates
             metrics.DEDUPLICATED.labels(STAGE).inc(duplicates)
-        last = str(items[-1].record.offset).encode()
-        blocks = self.blocks.setdefault(tp, {})
-        changelog = result.changelog.setdefault(tp, [])
-        for period, block in new_keys.items():
-            block_key = BLOCK + period.encode() + b"\x1f" + last
-            changelog.append((block_key, b"".join(block)))
-            blocks.setdefault(period, []).append(block_key)
+        self.state.add_blocks(tp, new_keys, items[-1].record.offset, result)
 
     def _enrich_one(
         self,
