@@ -67,7 +67,8 @@ class Settings:
     schema_registry_auto_register: bool = True
     # Catalog of the billing store: "" keeps it in DIR/billing.sqlite (one host); a DuckLake
     # catalog spec such as "postgres:dbname=meterline host=... user=..." lets several
-    # consolidation workers on several hosts share it. Holds a password: never logged.
+    # consolidation workers on several hosts share it. DuckDB repeats the spec in its
+    # connection errors, so a password belongs in PGPASSWORD or a pgpass file instead.
     store_catalog: str = ""
     # How often a consolidation worker compacts the store's small data files.
     store_maintenance_interval_s: float = 300.0

@@ -314,8 +314,14 @@ def test_dashboard_panels_have_unique_ids_and_do_not_overlap() -> None:
 # --------------------------------------------------------------------------- Kubernetes
 
 
+def _documents(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d is not None]
+
+
 def _statefulsets() -> dict[str, dict[str, Any]]:
-    return {s: yaml.safe_load((DEPLOY / "kubernetes" / f"{s}.yaml").read_text()) for s in STAGES}
+    return {
+        stage: next(d for d in _documents(f"{stage}.yaml") if d["kind"] == "StatefulSet") for stage in STAGES
+    }
 
 
 def _seconds(probe: dict[str, Any]) -> int:
@@ -340,6 +346,133 @@ def test_probes_use_healthz_with_sane_timing() -> None:
         assert _seconds(container["livenessProbe"]) <= 600, stage
         assert _seconds(container["readinessProbe"]) <= _seconds(container["livenessProbe"]), stage
         assert "--metrics-port" in container["args"] and "9464" in container["args"]
+
+
+# --------------------------------------------------------------------------- billing store
+
+COMPOSE = DEPLOY / "docker-compose.yml"
+
+
+def _compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return document
+
+
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def _libpq_params(catalog: str) -> dict[str, str]:
+    assert catalog.startswith("postgres:"), catalog
+    return dict(pair.split("=", 1) for pair in catalog.removeprefix("postgres:").split())
+
+
+def test_compose_runs_postgres_for_the_store_catalog() -> None:
+    postgres = _compose()["services"]["postgres"]
+    assert postgres["image"] == "postgres:16"
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert postgres["environment"]["POSTGRES_DB"] == "meterline"
+
+
+def test_compose_consolidation_workers_share_the_postgres_store() -> None:
+    compose = _compose()
+    services = compose["services"]
+    workers = {name: s for name, s in services.items() if s.get("command", [None])[0] == "consolidation"}
+    assert len(workers) >= 2
+    ids = [_flag(w["command"], "--instance-id") for w in workers.values()]
+    assert len(set(ids)) == len(ids), ids
+    mounts = set()
+    for name, worker in workers.items():
+        env = worker["environment"]
+        params = _libpq_params(env["METERLINE_STORE_CATALOG"])
+        assert (
+            params["host"] == "postgres"
+            and params["dbname"] == services["postgres"]["environment"]["POSTGRES_DB"]
+        )
+        assert "password" not in params, f"{name}: the password belongs in PGPASSWORD"
+        assert env["PGPASSWORD"] and env["METERLINE_CONFIG"]
+        assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
+        out = _flag(worker["command"], "--out")
+        (store,) = [v for v in worker["volumes"] if not v.endswith(":ro")]
+        volume, path = store.split(":")
+        assert out.startswith(path.rstrip("/") + "/"), (name, out, path)
+        assert volume in compose["volumes"], volume  # a named volume, not a folder per worker
+        mounts.add(store)
+    assert len(mounts) == 1, f"the consolidation workers mount different store volumes: {mounts}"
+
+
+def test_prometheus_scrapes_every_compose_worker() -> None:
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    targets = {
+        target.split(":")[0]: group["labels"]["stage"]
+        for job in scrape
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    workers = {
+        name: s["command"][0]
+        for name, s in _compose()["services"].items()
+        if s.get("command", [""])[0] in STAGES
+    }
+    assert targets == workers
+
+
+def test_kubernetes_kustomization_lists_existing_files() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
+    for resource in kustomization["resources"]:
+        assert _documents(resource), resource
+    assert "postgres.yaml" in kustomization["resources"]
+
+
+def test_kubernetes_consolidation_scales_out_on_a_shared_store() -> None:
+    statefulset = _statefulsets()["consolidation"]
+    assert statefulset["spec"]["replicas"] >= 2
+    pod = statefulset["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert _flag(container["args"], "--instance-id") == "$(POD_NAME)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["METERLINE_STORE_CATALOG"]["valueFrom"]["secretKeyRef"] == {
+        "name": "meterline-store",
+        "key": "catalog",
+    }
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "meterline-store", "key": "password"}
+    # One volume for all pods (no per-pod claim), writable from every node.
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    out = _flag(container["args"], "--out")
+    (store,) = [name for name, path in mounts.items() if out.startswith(path.rstrip("/") + "/")]
+    claim = volumes[store]["persistentVolumeClaim"]["claimName"]
+    (pvc,) = [d for d in _documents("consolidation.yaml") if d["kind"] == "PersistentVolumeClaim"]
+    assert pvc["metadata"]["name"] == claim
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_kubernetes_store_secret_and_postgres_agree() -> None:
+    secrets = {d["metadata"]["name"]: d for d in _documents("secret.yaml")}
+    store = secrets["meterline-store"]["stringData"]
+    params = _libpq_params(store["catalog"])
+    assert "password" not in params and store["password"]
+    services = {d["metadata"]["name"]: d for d in _documents("services.yaml")}
+    assert params["host"] in services
+    (postgres,) = [d for d in _documents("postgres.yaml") if d["kind"] == "StatefulSet"]
+    (container,) = postgres["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "postgres:16"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POSTGRES_DB"]["value"] == params["dbname"]
+    assert env["POSTGRES_USER"]["value"] == params["user"]
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "meterline-store",
+        "key": "password",
+    }
+    selector = services[params["host"]]["spec"]["selector"]
+    assert selector.items() <= postgres["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        postgres["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    )  # restricted namespace
 
 
 # --------------------------------------------------------------------------- dependencies
