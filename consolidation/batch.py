@@ -55,7 +55,7 @@ class Rejection:
 @dataclass(slots=True)
 class Batch:
     rows: dict[int, RatedRows] = field(default_factory=dict)
-    # Per key: [aggregate after the batch (text), sum of the batch's amounts, events].
+    # Per key: [aggregate after the batch (text), sum of the batch's amounts, events, partition].
     totals: dict[TotalKey, list[Any]] = field(default_factory=dict)
     counts: dict[int, Counter[str]] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
@@ -184,7 +184,7 @@ def _check(
 def _add(batch: Batch, record: InputRecord, row: list[Any], key: TotalKey, amount: Decimal) -> None:
     total = batch.totals.get(key)
     if total is None:
-        batch.totals[key] = [row[_AGGREGATE_AFTER], amount, 1]
+        batch.totals[key] = [row[_AGGREGATE_AFTER], amount, 1, record.partition]
     else:  # records of one key arrive in order: the last aggregate is the current one
         total[0] = row[_AGGREGATE_AFTER]
         total[1] += amount

@@ -11,24 +11,25 @@ Long closes report progress after each chunk of accounts, so /healthz stays gree
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 
 import structlog
 
-from consolidation.compaction import compact_partition
 from consolidation.invoice import InvoiceAssemblyError, InvoiceDraft, UsageTotal, assemble_invoice
+from consolidation.maintenance import merge_period
 from consolidation.store import BillingStore
 from meterline import metrics
 from meterline.catalog import Catalog, period_bounds
 from meterline.health import HEALTH
 from meterline.records import invoice_id_for
-from meterline.topics import RATED
 
 log = structlog.get_logger()
 
-# Accounts assembled and saved between two progress reports of a close or a refresh.
+# Accounts assembled between two progress reports of a close or a refresh.
 CHUNK = 250
+# Drafts saved per store transaction: each commit costs tens of milliseconds whatever its size.
+SAVE_CHUNK = 5000
 
 # Why a close left an account's draft open (close_problems.reason).
 ACCOUNT_MISSING = "account_missing"  # usage, but the catalog no longer has the account
@@ -88,9 +89,9 @@ def build_drafts(
     return drafts
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
+def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def refresh_previews(
@@ -104,8 +105,12 @@ def refresh_previews(
     for period, accounts in by_period.items():
         final = store.final_invoice_ids(period)
         todo = sorted(a for a in accounts if invoice_id_for(a, period) not in final)
-        for chunk in _chunks(todo):
-            drafts = build_drafts(store.usage_for(period, chunk), catalog, period, chunk, "open")
+        for part in _chunks(todo, SAVE_CHUNK):
+            usage = store.usage_for(period, part)
+            drafts = []
+            for chunk in _chunks(part):
+                drafts += build_drafts(usage, catalog, period, chunk, "open")
+                HEALTH.progress()
             store.save_drafts(drafts, now)
             written += len(drafts)
             HEALTH.progress()
@@ -118,10 +123,10 @@ def finalize_period(
     period: str,
     now: datetime,
     account_id: str | None = None,
-    rated_topic: str = RATED,
+    owned: Callable[[str], bool] = lambda _: True,
 ) -> int:
     """Mark the drafts of a period final (all accounts, or one) and export them to Parquet.
-    `rated_topic` is the installation's rated topic (its positions name the stored files).
+    Only accounts `owned` by this worker (those of its partitions) are its to finalize.
 
     Idempotent: drafts already final are left alone and the Parquet export is
     rewritten from the tables, so a close interrupted by a crash can simply run again.
@@ -131,12 +136,16 @@ def finalize_period(
     final = store.final_invoice_ids(period)
     usage = store.usage_for(period, None if account_id is None else [account_id])
     accounts = [account_id] if account_id else sorted(set(accounts_active_in(catalog, period)) | set(usage))
+    accounts = [a for a in accounts if owned(a)]
     todo = [a for a in accounts if invoice_id_for(a, period) not in final]
     HEALTH.progress()
     problems: list[Problem] = []
     written = 0
-    for chunk in _chunks(todo):
-        drafts = build_drafts(usage, catalog, period, chunk, "final", problems)
+    for part in _chunks(todo, SAVE_CHUNK):
+        drafts = []
+        for chunk in _chunks(part):
+            drafts += build_drafts(usage, catalog, period, chunk, "final", problems)
+            HEALTH.progress()
         store.save_drafts(drafts, now)
         written += len(drafts)
         HEALTH.progress()
@@ -146,13 +155,9 @@ def finalize_period(
         metrics.CLOSE_ACCOUNTS_SKIPPED.labels(period).inc(len(problems))
     store.record_close_problems(period, problems, now)
     store.resolve_close_problems(period)
-    store.export_final_invoices(period)
-    HEALTH.progress()
     if account_id is None:
-        # Each partition's files of the period become one (only committed ones: see compaction).
-        for partition, position in sorted(store.positions(rated_topic).items()):
-            compact_partition(store, period, partition, position.next_offset, full=True)
-            HEALTH.progress()
+        merge_period(store, period)
+    HEALTH.progress()
     reconcile_amounts(store, period)
     HEALTH.progress()
     log.info("period_finalized", period=period, account=account_id, invoices=written, left_open=len(problems))
@@ -161,7 +166,6 @@ def finalize_period(
 
 def reconcile_amounts(store: BillingStore, period: str) -> list[tuple[str, str, str]]:
     """Accounts/charges whose rated amounts do not sum to usage_totals.amount_exact."""
-    store.refresh_view()
     rows = store.db.execute(
         """WITH rated AS (
                SELECT account_id, charge_id, sum(amount) AS amount, count(*) AS events

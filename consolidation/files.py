@@ -1,21 +1,14 @@
-"""The consolidator's Parquet files: the rated-usage rows of a batch, atomic writes, names.
+"""The consolidator's Arrow rows and Parquet exports: the rated-usage rows of a batch,
+and atomic writes of the Parquet files exported for tools that read plain Parquet.
 
-A rated-usage file is named after the input partition and the offset range it
-holds, `part-PPP-FFFFFFFFFFFF-LLLLLLLLLLLL[-cN].parquet`, so a batch rewritten
-after a crash replaces its file instead of adding a second copy. `-cN` marks a
-file compacted N levels up (consolidation.compaction); batch files have none.
-
-Every write goes to a temporary name, is fsynced, renamed and its folder fsynced:
-a file whose existence DuckDB records (through the consumed offsets, or by name)
-must survive a power cut that the DuckDB commit after it survives.
+Every export goes to a temporary name, is fsynced, renamed and its folder fsynced, so
+a reader never sees half a file and a killed writer leaves only a temporary to delete.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,38 +48,7 @@ RATED_SCHEMA = pa.schema(
 
 # Temporary files of write_parquet_atomically: `.NAME.tmp-PID`.
 TEMPORARY = ".*.tmp-*"
-_NAME = re.compile(r"part-(\d{3,})-(\d{12,})-(\d{12,})(?:-c(\d+))?\.parquet")
 _PERIOD = RATED_FIELDS.index("period")
-
-
-@dataclass(frozen=True, slots=True)
-class RatedFile:
-    """A rated-usage file of one input partition and period, parsed from its name."""
-
-    path: Path
-    partition: int
-    first: int
-    last: int
-    level: int  # 0 for a batch file, N for a file compacted N times over
-
-    @staticmethod
-    def parse(path: Path) -> RatedFile | None:
-        match = _NAME.fullmatch(path.name)
-        if match is None:
-            return None
-        partition, first, last, level = match.groups()
-        return RatedFile(path, int(partition), int(first), int(last), int(level or 0))
-
-
-def rated_file_name(partition: int, first: int, last: int, level: int = 0) -> str:
-    suffix = f"-c{level}" if level else ""
-    return f"part-{partition:03d}-{first:012d}-{last:012d}{suffix}.parquet"
-
-
-def rated_files(folder: Path, partition: int) -> list[RatedFile]:
-    """The rated-usage files of one partition in one period folder, in offset order."""
-    found = (RatedFile.parse(p) for p in folder.glob(f"part-{partition:03d}-*.parquet"))
-    return sorted((f for f in found if f is not None), key=lambda f: (f.first, f.last, f.level))
 
 
 class RatedRows:
@@ -166,21 +128,6 @@ def write_parquet_atomically(table: pa.Table, path: Path) -> None:
     temporary = temporary_name(path)
     pq.write_table(table, temporary)
     publish_file(temporary, path)
-
-
-def merge_parquet(sources: Sequence[Path], temporary: Path, chunk_rows: int = 65_536) -> int:
-    """Copy the rows of `sources`, in order, into one new file; returns the row count.
-
-    Streams record batches, so the memory used is a chunk's, not the files'.
-    """
-    rows = 0
-    with pq.ParquetWriter(temporary, RATED_SCHEMA) as writer:
-        for source in sources:
-            for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows):
-                table = pa.Table.from_batches([batch]).select(RATED_SCHEMA.names).cast(RATED_SCHEMA)
-                writer.write_table(table)
-                rows += table.num_rows
-    return rows
 
 
 def temporary_files(*folders: Path) -> Iterator[Path]:

@@ -2,7 +2,7 @@
 
 One row per record of `meterline.usage.rejected`, whichever stage rejected it. Its
 identity is the DLQ record's own topic/partition/offset; the DLQ offsets consumed are
-stored in `consumer_positions` in the same DuckDB transaction as the rows, so a
+stored in `consumer_positions` in the same store transaction as the rows, so a
 restarted worker neither loses nor repeats one.
 
 Account, meter, event id and event time are read from the original bytes, best
@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -45,6 +45,9 @@ from meterline.dlq import DETAIL_HEADER, REASON_HEADER, STAGE_HEADER, TRUNCATED_
 from meterline.reasons import REASONS, Rejected
 from meterline.topics import RATED
 from schemas.codec import RATED_FIELDS, decode_rated_row
+
+if TYPE_CHECKING:
+    from consolidation.store import BillingStore
 
 log = structlog.get_logger()
 
@@ -78,17 +81,6 @@ REJECTED_SCHEMA: Final = pa.schema(
 )
 _COLUMNS: Final = ", ".join(REJECTED_SCHEMA.names)
 
-DDL: Final = """
-CREATE TABLE IF NOT EXISTS rejected_events(
-    dlq_topic VARCHAR NOT NULL, dlq_partition INTEGER NOT NULL, dlq_offset BIGINT NOT NULL,
-    dlq_time TIMESTAMPTZ, reason VARCHAR, detail VARCHAR, stage VARCHAR,
-    source_topic VARCHAR, source_partition INTEGER, source_offset BIGINT,
-    account_id VARCHAR, meter VARCHAR, event_id VARCHAR, event_time TIMESTAMPTZ, period VARCHAR,
-    truncated BOOLEAN NOT NULL DEFAULT false,
-    replayed BOOLEAN NOT NULL DEFAULT false, replayed_at TIMESTAMPTZ,
-    PRIMARY KEY (dlq_topic, dlq_partition, dlq_offset),
-    UNIQUE (stage, source_topic, source_partition, source_offset));
-"""
 
 # Far enough ahead that no event counts as "in the future": a future_timestamp rejection
 # still shows its event time.
@@ -116,21 +108,6 @@ class Found(NamedTuple):
     event_id: str | None = None
     event_time: datetime | None = None
     period: str | None = None
-
-
-def ensure_table(db: duckdb.DuckDBPyConnection) -> None:
-    """Create rejected_events. A store written by an earlier `meterline run` has a table of
-    that name with counts by reason: it becomes `rejected_counts`, which now holds them."""
-    columns = {
-        name
-        for (name,) in db.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'rejected_events'"
-        ).fetchall()
-    }
-    if columns and "dlq_offset" not in columns:
-        db.execute("DROP TABLE IF EXISTS rejected_counts")
-        db.execute("ALTER TABLE rejected_events RENAME TO rejected_counts")
-    db.execute(DDL)
 
 
 def row_of(
@@ -204,31 +181,41 @@ def found_in(
 
 
 def save_rejected(
-    db: duckdb.DuckDBPyConnection, topic: str, rows: Sequence[dict[str, Any]], positions: Mapping[int, int]
+    store: BillingStore, topic: str, rows: Sequence[dict[str, Any]], positions: Mapping[int, int]
 ) -> None:
-    """Insert the rows and store the DLQ's next offsets (partition -> offset), in one DuckDB
-    transaction. Rows of a DLQ record or an original already stored are left out."""
+    """Insert the rows and store the DLQ's next offsets (partition -> offset), in one store
+    transaction. Rows of a DLQ record or of an original already stored are left out (a batch
+    consumed again after a crash, an original rejected twice)."""
     table = pa.Table.from_pylist(list(rows), schema=REJECTED_SCHEMA)
-    db.execute("BEGIN TRANSACTION")
-    try:
-        if table.num_rows:
-            db.register("batch_rejected", table)
-            try:
-                db.execute(
-                    f"INSERT INTO rejected_events ({_COLUMNS}) SELECT {_COLUMNS} FROM batch_rejected "
-                    "ORDER BY dlq_partition, dlq_offset ON CONFLICT DO NOTHING"
-                )
-            finally:
-                db.unregister("batch_rejected")
-        db.executemany(
-            """INSERT INTO consumer_positions VALUES (?, ?, ?, '{}', '{}')
-               ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset""",
-            [(topic, partition, offset) for partition, offset in positions.items()],
-        )
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+
+    def save() -> None:
+        with store.transaction() as db:
+            if table.num_rows:
+                db.register("batch_rejected", table)
+                try:
+                    db.execute(
+                        f"""INSERT INTO rejected_events ({_COLUMNS}, replayed, replayed_at)
+                            SELECT {_COLUMNS}, false, NULL::TIMESTAMPTZ FROM batch_rejected b
+                            WHERE NOT EXISTS (SELECT 1 FROM rejected_events r
+                                              WHERE r.dlq_topic = b.dlq_topic
+                                                AND r.dlq_partition = b.dlq_partition
+                                                AND r.dlq_offset = b.dlq_offset)
+                              AND (b.source_offset IS NULL OR NOT EXISTS (
+                                  SELECT 1 FROM rejected_events r
+                                  WHERE r.stage IS NOT DISTINCT FROM b.stage
+                                    AND r.source_topic = b.source_topic
+                                    AND r.source_partition = b.source_partition
+                                    AND r.source_offset = b.source_offset))
+                            QUALIFY b.source_offset IS NULL OR row_number() OVER (
+                                PARTITION BY b.stage, b.source_topic, b.source_partition, b.source_offset
+                                ORDER BY b.dlq_partition, b.dlq_offset) = 1
+                            ORDER BY b.dlq_partition, b.dlq_offset"""
+                    )
+                finally:
+                    db.unregister("batch_rejected")
+            store.append_offsets(topic, positions)
+
+    store.retrying(save)
 
 
 def mark_replayed(
@@ -261,8 +248,7 @@ def mark_replayed(
 
 
 def parquet_path(out: Path) -> Path:
-    """Where the table is exported: DuckDB lets no other process open billing.duckdb while
-    the consolidator has it, so readers that run beside it read this file."""
+    """Where the table is exported, for tools that read plain Parquet."""
     return out / "rejected" / "rejected_events.parquet"
 
 

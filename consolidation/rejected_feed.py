@@ -2,14 +2,14 @@
 
 A consumer of its own (group `meterline-consolidation-dlq`) reads
 `meterline.usage.rejected` (both with the installation's topic_prefix) read_committed,
-from the DLQ offsets stored in DuckDB.
+from the DLQ offsets stored in the billing store.
 Each turn of the stage's loop takes what it has fetched, without waiting, and stores
-the rows with the new offsets in one DuckDB transaction, then sets the gauge of
+the rows with the new offsets in one store transaction, then sets the gauge of
 records waiting by reason.
 
 The table is also exported to `DIR/rejected/rejected_events.parquet` (rewritten at most
 every preview interval while it changes, and when the stage stops), for readers
-beside the running worker, which holds billing.duckdb.
+that read plain Parquet.
 
 `catch_up` reads the DLQ to its end once, without a group: `meterline run` calls it
 after the workers stopped, so the table holds every rejection of the run.
@@ -100,7 +100,7 @@ class RejectedFeed:
         self._sync_markers()
 
     def _sync_markers(self) -> None:
-        changed = sync_replayed(self.store.db, self._markers.marked)
+        changed = sync_replayed(self.store, self._markers.marked)
         if changed:
             self._changed = True
             log.info("replay_markers_applied", rows=changed)
@@ -144,14 +144,14 @@ class RejectedFeed:
         ends: dict[int, int] = {}
         for letter in letters:
             ends[letter.partition] = max(ends.get(letter.partition, 0), letter.offset + 1)
-        save_rejected(self.store.db, self.topic, rows, ends)
+        save_rejected(self.store, self.topic, rows, ends)
         # Markers read before their DLQ record arrived.
         new = [(letter.topic, letter.partition, letter.offset) for letter in letters]
-        sync_replayed(self.store.db, self._markers.marked, new)
+        sync_replayed(self.store, self._markers.marked, new)
         self._next.update(ends)
         self._changed = True
         export_waiting(self.store.db)
-        if self._group:  # informational commit, for lag dashboards; the truth is in DuckDB
+        if self._group:  # informational commit, for lag dashboards; the truth is in the store
             self._consumer.commit(
                 offsets=[TopicPartition(self.topic, p, o) for p, o in ends.items()], asynchronous=True
             )

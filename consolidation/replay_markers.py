@@ -18,14 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import duckdb
 import orjson
 import pyarrow as pa
 
 from meterline.config import Settings
 from meterline.tables import CompactedTable
+
+if TYPE_CHECKING:
+    from consolidation.store import BillingStore
 
 Letter = tuple[str, int, int]  # DLQ topic, partition, offset
 
@@ -99,7 +101,7 @@ class ReplayMarkers:
 
 
 def sync_replayed(
-    db: duckdb.DuckDBPyConnection, marked: Mapping[Letter, datetime], only: Collection[Letter] | None = None
+    store: BillingStore, marked: Mapping[Letter, datetime], only: Collection[Letter] | None = None
 ) -> int:
     """Make `rejected_events.replayed` follow the markers; returns how many rows changed.
 
@@ -120,25 +122,25 @@ def sync_replayed(
     )
     match = """rejected_events.dlq_topic = k.dlq_topic AND rejected_events.dlq_partition = k.dlq_partition
                AND rejected_events.dlq_offset = k.dlq_offset"""
-    changed = 0
-    db.register(_KEYS, keys)
-    db.execute("BEGIN TRANSACTION")
-    try:
-        rows = db.execute(
-            f"""UPDATE rejected_events SET replayed = true, replayed_at = k.replayed_at
-                FROM {_KEYS} k WHERE NOT replayed AND {match}"""
-        ).fetchall()
-        changed += int(rows[0][0]) if rows else 0
-        if only is None:  # un-marked (a tombstone): the record waits again
+
+    def sync() -> int:
+        changed = 0
+        with store.transaction() as db:
             rows = db.execute(
-                f"""UPDATE rejected_events SET replayed = false, replayed_at = NULL
-                    WHERE replayed AND NOT EXISTS (SELECT 1 FROM {_KEYS} k WHERE {match})"""
+                f"""UPDATE rejected_events SET replayed = true, replayed_at = k.replayed_at
+                    FROM {_KEYS} k WHERE NOT replayed AND {match}"""
             ).fetchall()
             changed += int(rows[0][0]) if rows else 0
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+            if only is None:  # un-marked (a tombstone): the record waits again
+                rows = db.execute(
+                    f"""UPDATE rejected_events SET replayed = false, replayed_at = NULL
+                        WHERE replayed AND NOT EXISTS (SELECT 1 FROM {_KEYS} k WHERE {match})"""
+                ).fetchall()
+                changed += int(rows[0][0]) if rows else 0
+        return changed
+
+    store.db.register(_KEYS, keys)
+    try:
+        return store.retrying(sync)
     finally:
-        db.unregister(_KEYS)
-    return changed
+        store.db.unregister(_KEYS)

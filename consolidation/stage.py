@@ -1,20 +1,22 @@
-"""The consolidation stage: rated usage into DuckDB and Parquet, exactly once,
-with live invoice previews and period close.
+"""The consolidation stage: rated usage into the billing store, exactly once, with
+live invoice previews and period close.
 
 It writes outside Kafka, so instead of a Kafka transaction it stores consumed
-offsets in DuckDB in the same DuckDB transaction as the aggregates, and seeks to
-them on assignment (after checking they are not past the partitions' ends). The
-loop, in order:
+offsets in the store in the same store transaction as the rows and totals, and
+seeks to them on assignment (after checking they are not past the partitions'
+ends). Several workers may run in one consumer group: each stores, previews and
+closes the accounts of the rated partitions it owns (an account's partition is
+fixed by its id, see meterline.headers.partition_of). The loop, in order:
 
     1. consume a batch of rated records (read_committed)
     2. skip replays (lineage guard); sort the rest into rows, totals and rejections
        (consolidation.batch: every per-record failure is a DLQ record)
     3. DLQ records out and delivered (else rewind and retry the batch)
-    4. write the batch's rated-usage Parquet files (temp + rename, deterministic names)
-    5. one DuckDB transaction: usage_totals upserts + consumed positions
-    6. publish progress, report health and lag, compact the partitions' files;
-       refresh open drafts every preview interval
-    7. rejected records of every stage (the DLQ, a consumer of its own) into
+    4. the store checkpoint (consolidation.checkpoint): rows, totals and positions
+       in one store transaction
+    5. publish progress, report health and lag; refresh open drafts every preview
+       interval; roll up and compact the store every maintenance interval
+    6. rejected records of every stage (the DLQ, a consumer of its own) into
        rejected_events, with their DLQ offsets (consolidation.rejected_feed)
 """
 
@@ -40,18 +42,21 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consolidation.batch import STAGE, Batch, build_writable_batch
+from consolidation.batch import STAGE, build_writable_batch
+from consolidation.checkpoint import StoreCheckpoint
 from consolidation.closing import accounts_active_in, finalize_period, refresh_previews
-from consolidation.compaction import compact_partition
 from consolidation.dead_letters import DeadLetterSender, Undelivered
 from consolidation.errors import ConsumeErrors, StoredOffsetsPastEndError
 from consolidation.errors import FatalStageError as FatalStageError
+from consolidation.maintenance import checkpoint, roll_up
 from consolidation.rejected_feed import RejectedFeed
 from consolidation.store import BillingStore, Position
 from meterline import metrics
 from meterline.catalog import period_bounds, period_start_instant
+from meterline.checkpoint import commit_checkpoint
 from meterline.config import Settings
 from meterline.dlq import max_bytes_of
+from meterline.headers import partition_of
 from meterline.health import HEALTH
 from meterline.kafka_config import consumer_config, plain_producer_config
 from meterline.lineage import LINEAGE_HEADER, LineageGuard
@@ -86,10 +91,12 @@ class Consolidator:
         self.store = store
         self.clock = clock
         self._positions: dict[int, Position] = {}
+        self._read_at_assignment: dict[int, int | None] = {}  # what a commit expects in the store
         self._guards: dict[int, LineageGuard] = {}
-        # Drafts to refresh at the next preview; after a crash, those whose usage moved on.
-        self._dirty: set[tuple[str, str]] = store.stale_previews()
+        self._partition_count = 0  # of the rated topic, once assigned
+        self._dirty: set[tuple[str, str]] = set()  # drafts to refresh at the next preview
         self._final: set[tuple[str, str]] = store.final_keys()
+        self._closes_due = False
         self._stopping = False
         self._fatal: FatalStageError | None = None
         self._errors = ConsumeErrors(self._rated)
@@ -112,6 +119,11 @@ class Consolidator:
     def request_stop(self, *_: object) -> None:
         self._stopping = True
 
+    def owns(self, account_id: str) -> bool:
+        """Whether the account's rated partition is this worker's (its usage, drafts, close)."""
+        count = self._partition_count
+        return count > 0 and partition_of(account_id.encode(), count) in self._positions
+
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Consume until stopped; raises FatalStageError (health already failed) when it cannot go on."""
         try:
@@ -127,15 +139,14 @@ class Consolidator:
         )
         self._rejected.start()
         HEALTH.start(STAGE)
-        self._apply_closes()
         metrics.READY.labels(STAGE).set(1)
         log.info("stage_started", out=str(self.store.out))
-        last_preview = last_housekeeping = last_check = time.monotonic()
+        last_preview = last_housekeeping = last_check = last_maintenance = time.monotonic()
         try:
             while not self._stopping and not should_stop():
                 HEALTH.beat()
                 if self.contracts.poll() | self.periods.poll():
-                    self._apply_closes()  # a new close, or a catalog that may finish an earlier one
+                    self._closes_due = True  # a new close, or a catalog that may finish an earlier one
                 messages = self._consumer.consume(s.batch_size, s.batch_timeout_s)
                 if self._fatal is not None:
                     raise self._fatal
@@ -144,6 +155,8 @@ class Consolidator:
                 elif time.monotonic() - last_check >= IDLE_CHECK_S:
                     self._idle_check()
                     last_check = time.monotonic()
+                if self._closes_due:
+                    self._apply_closes()
                 self._rejected.step()
                 if time.monotonic() - last_preview >= s.preview_interval_s:
                     self._refresh_previews()
@@ -151,6 +164,9 @@ class Consolidator:
                 if s.auto_close and time.monotonic() - last_housekeeping >= 60:
                     self._housekeeping()
                     last_housekeeping = time.monotonic()
+                if time.monotonic() - last_maintenance >= s.store_maintenance_interval_s:
+                    self.maintain()
+                    last_maintenance = time.monotonic()
             self._refresh_previews()
             self._rejected.export()
         finally:
@@ -178,6 +194,13 @@ class Consolidator:
         HEALTH.broker_up()
         HEALTH.progress()
 
+    def maintain(self) -> None:
+        """Roll up this worker's own rows, then DuckLake's upkeep (merge files, expire history)."""
+        roll_up(self.store, self._rated, list(self._positions))
+        HEALTH.progress()
+        checkpoint(self.store, self.settings.draft_history_days)
+        HEALTH.progress()
+
     # -- assignment ------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -190,6 +213,8 @@ class Consolidator:
         }
         try:
             past = past_end(s.bootstrap_servers, s.kafka, mine, prefix=s.topic_prefix)
+            topic = consumer.list_topics(self._rated, timeout=10).topics[self._rated]
+            self._partition_count = len(topic.partitions)
         except KafkaException as exc:  # the broker did not answer: fetching will tell
             log.warning("stored_offsets_not_checked", error=str(exc))
             past = {}
@@ -203,19 +228,26 @@ class Consolidator:
         for tp in partitions:
             position = stored.get(tp.partition, Position(0, {}, {}))
             self._positions[tp.partition] = position
+            self._read_at_assignment[tp.partition] = (
+                stored[tp.partition].next_offset if tp.partition in stored else None
+            )
             self._guards[tp.partition] = LineageGuard(position.lineage)
-            self.store.discard_uncommitted_files(tp.partition, position.next_offset)
             tp.offset = position.next_offset if tp.partition in stored else OFFSET_BEGINNING
             self._publish_progress(tp.partition)
         consumer.assign(partitions)
+        # The new partitions' drafts that a killed owner left stale, and their closes.
+        self._dirty |= self.store.stale_previews(self.owns)
+        self._closes_due = True
         log.info("partitions_assigned", partitions=[p.partition for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._positions.pop(tp.partition, None)
+            self._read_at_assignment.pop(tp.partition, None)
             self._guards.pop(tp.partition, None)
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(STAGE, self._rated, str(tp.partition))
+        self._dirty = {key for key in self._dirty if self.owns(key[0])}
 
     # -- one batch -------------------------------------------------------------
 
@@ -259,42 +291,56 @@ class Consolidator:
             HEALTH.broker_down()
             log.warning("batch_retried", reason=str(exc), partitions=sorted(offsets))
             return
-        for partition, (first, last) in offsets.items():
-            if partition in tables:
-                self.store.write_rated_files(partition, first, last, tables[partition])
         new_positions = {}
         for partition, (_, last) in offsets.items():
             merged = Counter(self._positions[partition].counts)
             merged.update(batch.counts.get(partition, Counter()))
             new_positions[partition] = Position(last + 1, dict(self._guards[partition].applied), dict(merged))
-        self.store.apply_batch(
-            self._rated,
-            new_positions,
-            [(key, Decimal(agg), amount, n) for key, (agg, amount, n) in batch.totals.items()],
+        deltas = [
+            (key, Decimal(agg), amount, n, partition, offsets[partition][1])
+            for key, (agg, amount, n, partition) in batch.totals.items()
+        ]
+        expected = {p: self._read_at_assignment.get(p) for p in new_positions}
+        failure = commit_checkpoint(
+            StoreCheckpoint(self.store, self._rated, tables.values(), deltas, new_positions, expected)
         )
+        if failure is not None:
+            HEALTH.aborted()
+            self._reload(offsets)
+            return
         self._positions.update(new_positions)
-        self._dirty |= batch.touched
+        self._read_at_assignment.update({p: pos.next_offset for p, pos in new_positions.items()})
+        self._dirty |= {key for key in batch.touched if self.owns(key[0])}
         HEALTH.progress()
         for partition in new_positions:
             self._publish_progress(partition)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
         metrics.CONSUMED.labels(STAGE, self._rated).inc(len(messages))
         self._export_consumer_lag(new_positions)
-        # Informational commit, for lag dashboards; the truth is in DuckDB.
+        # Informational commit, for lag dashboards; the truth is in the store.
         self._consumer.commit(
             offsets=[TopicPartition(self._rated, p, pos.next_offset) for p, pos in new_positions.items()],
             asynchronous=True,
         )
-        self._compact(batch, new_positions)
 
     def _rewind(self, offsets: dict[int, tuple[int, int]]) -> None:
-        """Back to the stored positions: the batch is consumed again (guards as stored too)."""
+        """Back to the positions of the last commit: the batch is consumed again (guards too)."""
         if self._fatal is not None:
             raise self._fatal
         for partition in offsets:
             position = self._positions[partition]
             self._guards[partition] = LineageGuard(position.lineage)
             self._consumer.seek(TopicPartition(self._rated, partition, position.next_offset))
+
+    def _reload(self, offsets: dict[int, tuple[int, int]]) -> None:
+        """After an aborted checkpoint: back to the positions in the store, which another
+        worker may have moved on (it owns the partition now; a rebalance will tell us)."""
+        stored = self.store.positions(self._rated)
+        for partition in offsets:
+            if partition in stored:
+                self._positions[partition] = stored[partition]
+                self._read_at_assignment[partition] = stored[partition].next_offset
+        self._rewind(offsets)
 
     def _export_consumer_lag(self, positions: dict[int, Position]) -> None:
         for partition, position in positions.items():
@@ -304,11 +350,6 @@ class Consolidator:
             if high >= 0:
                 lag = max(high - position.next_offset, 0)
                 metrics.CONSUMER_LAG.labels(STAGE, self._rated, str(partition)).set(lag)
-
-    def _compact(self, batch: Batch, positions: dict[int, Position]) -> None:
-        for partition, rows in batch.rows.items():
-            for period in rows.periods:
-                compact_partition(self.store, period, partition, positions[partition].next_offset)
 
     def _publish_progress(self, partition: int) -> None:
         position = self._positions[partition]
@@ -330,33 +371,45 @@ class Consolidator:
     # -- invoices --------------------------------------------------------------
 
     def _refresh_previews(self) -> None:
-        if not self._dirty:
+        dirty = {key for key in self._dirty if self.owns(key[0])}
+        self._dirty = set()
+        if not dirty:
             return
-        dirty, self._dirty = self._dirty, set()
         refresh_previews(self.store, self.contracts.catalog, dirty, self.clock())
         metrics.INVOICES.labels("open").set(self.store.count_drafts("open"))
 
     def _apply_closes(self) -> None:
-        """Finalize every close published to meterline.periods that is not done yet.
+        """Finalize, for the accounts of this worker's partitions, every close published to
+        meterline.periods that is not done yet for them.
 
-        A close that had to leave an account open (see consolidation.closing) is not done:
-        it runs again on the next catalog change or restart, and finishes once it can.
+        A close is done for a partition once its accounts are final; the worker that
+        completes the last partition exports the period's final invoices. A close that had
+        to leave an account open (see consolidation.closing) is not done: it runs again on
+        the next catalog change, assignment or restart, and finishes once it can.
         """
+        self._closes_due = False
+        mine = sorted(self._positions)
+        if not mine or self._partition_count == 0:
+            return
         catalog = self.contracts.catalog
         self._refresh_previews()
         closes: list[tuple[str, str | None]] = [(p, None) for p in sorted(self.periods.closed_all)]
         closes += sorted(self.periods.closed_accounts)
+        every = range(self._partition_count)
         for period, account in closes:
-            if self.store.close_done(period, account):
+            partitions = mine if account is None else [partition_of(account.encode(), len(every))]
+            if not set(partitions) <= set(mine) or self.store.close_done(period, account, partitions):
                 continue
             if not _PERIOD.fullmatch(period):
                 log.error("close_ignored", period=period, account=account, error="not a YYYY-MM period")
-                self.store.mark_close_done(period, account)
+                self.store.mark_close_done(period, account, partitions)
                 continue
-            finalize_period(self.store, catalog, period, self.clock(), account, self._rated)
+            finalize_period(self.store, catalog, period, self.clock(), account, self.owns)
             left = [a for _, a, _, _ in self.store.close_problems(period) if account in (None, a)]
-            if not left:
-                self.store.mark_close_done(period, account)
+            if not left or not any(self.owns(a) for a in left):
+                self.store.mark_close_done(period, account, partitions)
+                if account is not None or self.store.close_done(period, None, every):
+                    self.store.export_final_invoices(period)
         self._final = self.store.final_keys()
         metrics.INVOICES.labels("final").set(len(self._final))
         metrics.INVOICES.labels("open").set(self.store.count_drafts("open"))
@@ -370,6 +423,8 @@ class Consolidator:
         for period in current:
             self._dirty.update((a, period) for a in accounts_active_in(catalog, period))
         for account_id, period in self.store.open_drafts():
+            if not self.owns(account_id):
+                continue
             if period in self.periods.closed_all or (period, account_id) in self.periods.closed_accounts:
                 continue  # published already; a close left open is retried on catalog changes
             account = catalog.accounts.get(account_id)

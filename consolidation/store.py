@@ -1,80 +1,58 @@
-"""The consolidator's outputs: DuckDB tables and Parquet files.
+"""The consolidator's outputs: the billing store (DuckLake; see consolidation.lake).
 
-Consumed Kafka offsets are stored in DuckDB in the same DuckDB transaction as the
-aggregates they produced, so the sink is exactly-once: on start it seeks to them.
-Parquet files are written to a temporary name and renamed, with names derived
-from partition and offset range, so a rewrite after a crash replaces a file
-instead of adding a second copy (consolidation.files).
+Consumed Kafka offsets are stored in the store, in the same store transaction as
+the rows and totals they produced, so the sink is exactly-once: on assignment it
+seeks to them. Every commit is a DuckLake snapshot: readers see whole batches or
+nothing, and earlier snapshots stay readable (draft history).
 
-`rated_usage` is a view over the Parquet files minus those listed in
-`hidden_files`: the files a compaction is replacing or about to replace
-(consolidation.compaction). The view sees every row once at every commit.
+Several consolidation processes may write one store, each owning the rated
+topic's partitions the consumer group gave it. Per-batch writes only append, so
+they never conflict; a commit that conflicts all the same (a preview, a close, or
+maintenance touching the same files as another process) is retried.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
+import structlog
 
-from consolidation.files import (
-    EXACT,
-    RATED_SCHEMA,
-    RatedRows,
-    fsync_dir,
-    rated_file_name,
-    temporary_files,
-)
-from consolidation.files import write_parquet_atomically as write_parquet_atomically
+from consolidation import lake
+from consolidation.files import RATED_SCHEMA, temporary_files, write_parquet_atomically
 from consolidation.invoice import InvoiceDraft, UsageTotal
 from consolidation.invoice_tables import DRAFT_SCHEMA, LINE_SCHEMA, draft_table, line_table
-from consolidation.rejected import ensure_table as ensure_rejected_table
-
-__all__ = ["RATED_SCHEMA", "BillingStore", "Position", "RatedRows", "write_parquet_atomically"]
-
-TotalKey = tuple[str, str, str, str, str]  # account, period, charge, meter, contract
-
-TOTALS_SCHEMA = pa.schema(
-    [
-        ("account_id", pa.string()),
-        ("period", pa.string()),
-        ("charge_id", pa.string()),
-        ("meter", pa.string()),
-        ("contract_id", pa.string()),
-        ("aggregate", EXACT),
-        ("amount_exact", EXACT),
-        ("event_count", pa.int64()),
-    ]
+from consolidation.store_schema import (
+    CLOSE_PROBLEM_SCHEMA,
+    DELTA_SCHEMA,
+    POSITION_SCHEMA,
+    column_list,
+    create_missing,
 )
 
-_DDL = """
-CREATE TABLE IF NOT EXISTS usage_totals(
-    account_id VARCHAR, period VARCHAR, charge_id VARCHAR, meter VARCHAR, contract_id VARCHAR,
-    aggregate DECIMAL(38,18), amount_exact DECIMAL(38,18), event_count BIGINT,
-    PRIMARY KEY (account_id, period, charge_id, contract_id));
-CREATE TABLE IF NOT EXISTS invoice_drafts(
-    invoice_id VARCHAR PRIMARY KEY, account_id VARCHAR, period VARCHAR, period_start DATE, period_end DATE,
-    currency VARCHAR, subtotal DECIMAL(38,4), discount DECIMAL(38,4), tax DECIMAL(38,4), total DECIMAL(38,4),
-    status VARCHAR, issue_date DATE, due_date DATE, event_count BIGINT, generated_at TIMESTAMPTZ);
-CREATE TABLE IF NOT EXISTS invoice_lines(
-    invoice_id VARCHAR, account_id VARCHAR, period VARCHAR, line_no INTEGER, kind VARCHAR, charge_id VARCHAR,
-    description VARCHAR, quantity DECIMAL(38,18), unit VARCHAR, unit_price DECIMAL(38,18),
-    amount DECIMAL(38,4), currency VARCHAR, PRIMARY KEY (invoice_id, line_no));
-CREATE TABLE IF NOT EXISTS closes_done(period VARCHAR, account_id VARCHAR);
-CREATE TABLE IF NOT EXISTS consumer_positions(
-    topic VARCHAR, partition INTEGER, next_offset BIGINT, lineage VARCHAR, counts VARCHAR,
-    PRIMARY KEY (topic, partition));
-CREATE TABLE IF NOT EXISTS hidden_files(file VARCHAR PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS close_problems(
-    period VARCHAR, account_id VARCHAR, reason VARCHAR, detail VARCHAR, noticed_at TIMESTAMPTZ,
-    PRIMARY KEY (period, account_id));
+__all__ = ["RATED_SCHEMA", "BillingStore", "Position", "PositionMovedError"]
+
+log = structlog.get_logger()
+
+TotalKey = tuple[str, str, str, str, str]  # account, period, charge, meter, contract
+# (key, aggregate after, amount, events, partition, last offset)
+Delta = tuple[TotalKey, Decimal, Decimal, int, int, int]
+
+# A commit that conflicts with another process's is retried this long.
+CONFLICT_RETRY_S: Final = 60.0
+T = TypeVar("T")
+
+_LATEST_POSITIONS: Final = """
+SELECT partition, next_offset, lineage, counts FROM consumer_positions WHERE topic = $topic
+QUALIFY row_number() OVER (PARTITION BY partition ORDER BY next_offset DESC) = 1
 """
 
 
@@ -85,110 +63,106 @@ class Position:
     counts: dict[str, int]
 
 
+class PositionMovedError(Exception):
+    """A partition's stored position is not the one this process read: another process
+    committed for it (it owns the partition now). The batch is not stored."""
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A commit that lost a race with another writer (DuckLake conflict, busy catalog)."""
+    return isinstance(exc, duckdb.TransactionException) or (
+        isinstance(exc, duckdb.Error) and "database is locked" in str(exc)
+    )
+
+
 class BillingStore:
-    """billing.duckdb plus the Parquet datasets under one output folder."""
+    """The store of one output folder: tables in DuckLake, final-invoice Parquet exports."""
 
-    def __init__(self, out_dir: str | Path) -> None:
-        self.out = Path(out_dir).resolve()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.rated_dir = self.out / "rated_usage"
-        # DuckDB locks the file for one writing process: no other writer of this folder runs
-        # now, so whatever a killed writer left half done can go.
-        self.db = duckdb.connect(str(self.out / "billing.duckdb"))
-        self.db.execute(_DDL)
-        ensure_rejected_table(self.db)
-        for path in temporary_files(self.rated_dir, self.out / "invoices", self.out / "rejected"):
+    def __init__(self, out_dir: str | Path, catalog: str = "") -> None:
+        self.out = Path(out_dir).absolute()
+        self.db = lake.connect(self.out, catalog=catalog)
+        self.retrying(lambda: create_missing(self.db))
+        # Exports are written to a temporary name and renamed: a killed writer's leftovers go.
+        for path in temporary_files(self.out / "invoices", self.out / "rejected"):
             path.unlink(missing_ok=True)
-        self._forget_hidden_files()
-        self._create_rated_view()
-
-    def _create_rated_view(self) -> None:
-        # An absolute path, so the view works from any working directory.
-        pattern = _sql_text((self.rated_dir / "*" / "*.parquet").as_posix())
-        prefix = _sql_text(self.rated_dir.as_posix() + "/")
-        if any(self.rated_dir.glob("*/*.parquet")):
-            self.db.execute(
-                f"""CREATE OR REPLACE VIEW rated_usage AS SELECT * EXCLUDE (filename)
-                    FROM read_parquet('{pattern}', hive_partitioning = false, union_by_name = true,
-                                      filename = true)
-                    WHERE filename NOT IN (SELECT '{prefix}' || file FROM hidden_files)"""
-            )
-        else:
-            columns = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in RATED_SCHEMA)
-            self.db.execute(f"CREATE OR REPLACE VIEW rated_usage AS SELECT {columns} WHERE false")
-
-    def refresh_view(self) -> None:
-        self._create_rated_view()
 
     def close(self) -> None:
-        self._create_rated_view()
         self.db.close()
 
-    # -- positions -----------------------------------------------------------
+    # -- transactions ----------------------------------------------------------
 
-    def positions(self, topic: str) -> dict[int, Position]:
-        rows = self.db.execute(
-            "SELECT partition, next_offset, lineage, counts FROM consumer_positions WHERE topic = ?", [topic]
-        ).fetchall()
-        return {p: Position(o, orjson.loads(lin), orjson.loads(cnt)) for p, o, lin, cnt in rows}
-
-    def discard_uncommitted_files(self, partition: int, next_offset: int) -> None:
-        """Remove rated-usage files of batches that were written but never committed, and the
-        temporary files of writes a killed process left half done (see write_parquet_atomically)."""
-        for path in self.rated_dir.glob(f"*/part-{partition:03d}-*.parquet"):
-            first = int(path.stem.split("-")[2])
-            if first >= next_offset:
-                path.unlink()
-        for path in self.rated_dir.glob(f"*/.part-{partition:03d}-*.parquet.tmp-*"):
-            path.unlink(missing_ok=True)
-
-    # -- hidden files (compaction) -------------------------------------------
-
-    def hidden_files(self) -> set[Path]:
-        return {self.rated_dir / f for (f,) in self.db.execute("SELECT file FROM hidden_files").fetchall()}
-
-    def swap_hidden(self, show: Collection[Path], hide: Collection[Path]) -> None:
-        """In one DuckDB transaction: make `show` visible in rated_usage and hide `hide`."""
+    @contextmanager
+    def transaction(self) -> Any:
         db = self.db
         db.execute("BEGIN TRANSACTION")
         try:
-            if show:
-                db.executemany("DELETE FROM hidden_files WHERE file = ?", [[self._relative(p)] for p in show])
-            if hide:
-                db.executemany(
-                    "INSERT INTO hidden_files VALUES (?) ON CONFLICT DO NOTHING",
-                    [[self._relative(p)] for p in hide],
-                )
+            yield db
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            with suppress(duckdb.Error):  # a failed COMMIT has ended the transaction already
+                db.execute("ROLLBACK")
             raise
 
-    def _forget_hidden_files(self) -> None:
-        """Finish an interrupted compaction: a hidden file is either a compacted file that was
-        never made visible or a source that its compacted file already replaces; both go."""
-        hidden = self.hidden_files()
-        for path in hidden:
-            path.unlink(missing_ok=True)
-        if hidden:
-            for folder in {p.parent for p in hidden if p.parent.exists()}:
-                fsync_dir(folder)
-            self.swap_hidden(hidden, ())
+    def retrying(self, work: Callable[[], T]) -> T:
+        """Run `work` (one whole transaction), again while it conflicts with another writer."""
+        deadline = time.monotonic() + CONFLICT_RETRY_S
+        attempt = 0
+        while True:
+            try:
+                return work()
+            except duckdb.Error as exc:
+                if not is_conflict(exc) or time.monotonic() >= deadline:
+                    raise
+                attempt += 1
+                log.info("store_commit_conflict", attempt=attempt, error=str(exc).splitlines()[0])
+                time.sleep(min(0.01 * attempt, 0.5))
 
-    def _relative(self, path: Path) -> str:
-        return path.relative_to(self.rated_dir).as_posix()
+    # -- positions -------------------------------------------------------------
 
-    # -- one batch -----------------------------------------------------------
+    def positions(self, topic: str) -> dict[int, Position]:
+        rows = self.db.execute(_LATEST_POSITIONS, {"topic": topic}).fetchall()
+        return {p: Position(o, orjson.loads(lin), orjson.loads(cnt)) for p, o, lin, cnt in rows}
 
-    def write_rated_files(self, partition: int, first: int, last: int, rows: RatedRows | pa.Table) -> None:
-        """One file per period touched by the batch, named after the partition and offset range."""
-        table = rows.table() if isinstance(rows, RatedRows) else rows
-        periods = table.column("period")
-        touched = pc.unique(periods).to_pylist()
-        for period in touched:
-            items = table if len(touched) == 1 else table.filter(pc.equal(periods, period))
-            folder = self.rated_dir / f"period={period}"
-            write_parquet_atomically(items, folder / rated_file_name(partition, first, last))
+    def check_positions(self, topic: str, expected: Mapping[int, int | None]) -> None:
+        """PositionMovedError unless the partitions' stored next offsets are `expected`
+        (None: none stored), the ones this worker read when it was assigned them."""
+        stored = {p: pos.next_offset for p, pos in self.positions(topic).items()}
+        moved = {p: stored.get(p) for p, offset in expected.items() if stored.get(p) != offset}
+        if moved:
+            raise PositionMovedError(f"{topic} partitions moved on: {moved}")
+
+    def append_offsets(self, topic: str, offsets: Mapping[int, int]) -> None:
+        """Store next offsets of a topic read without lineage or counts (the DLQ), inside the
+        caller's transaction."""
+        self.append_positions(topic, {p: Position(o, {}, {}) for p, o in offsets.items()})
+
+    def append_positions(self, topic: str, positions: Mapping[int, Position]) -> None:
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "topic": topic,
+                    "partition": partition,
+                    "next_offset": position.next_offset,
+                    "lineage": orjson.dumps(position.lineage).decode(),
+                    "counts": orjson.dumps(position.counts).decode(),
+                }
+                for partition, position in positions.items()
+            ],
+            schema=POSITION_SCHEMA,
+        )
+        self._append("consumer_positions", table)
+
+    def _append(self, name: str, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        view = f"new_{name}"
+        self.db.register(view, table)
+        try:
+            self.db.execute(f"INSERT INTO {name} SELECT * FROM {view}")
+        finally:
+            self.db.unregister(view)
+
+    # -- one batch -------------------------------------------------------------
 
     def stored_amounts(self, keys: Collection[TotalKey]) -> dict[TotalKey, Decimal]:
         """The stored amount_exact of these usage totals (keys without a row are left out)."""
@@ -199,73 +173,52 @@ class BillingStore:
         self.db.register("wanted_totals", wanted)
         try:
             rows = self.db.execute(
-                """SELECT w.account_id, w.period, w.charge_id, w.meter, w.contract_id, u.amount_exact
-                   FROM wanted_totals w JOIN usage_totals u
-                     USING (account_id, period, charge_id, contract_id)"""
+                """SELECT w.account_id, w.period, w.charge_id, w.meter, w.contract_id,
+                          sum(d.amount_exact)::DECIMAL(38,18)
+                   FROM wanted_totals w JOIN usage_deltas d
+                     USING (account_id, period, charge_id, meter, contract_id)
+                   GROUP BY ALL"""
             ).fetchall()
         finally:
             self.db.unregister("wanted_totals")
         return {(a, p, c, m, k): amount for a, p, c, m, k, amount in rows}
 
-    def apply_batch(
-        self,
-        topic: str,
-        positions: dict[int, Position],
-        totals: Iterable[tuple[tuple[str, str, str, str, str], Decimal, Decimal, int]],
-    ) -> None:
-        """Upsert usage_totals and the consumed positions in one DuckDB transaction."""
-        db = self.db
-        db.execute("BEGIN TRANSACTION")
-        try:
-            batch = pa.Table.from_pylist(
-                [
-                    {
-                        "account_id": account,
-                        "period": period,
-                        "charge_id": charge,
-                        "meter": meter,
-                        "contract_id": contract,
-                        "aggregate": aggregate,
-                        "amount_exact": amount,
-                        "event_count": count,
-                    }
-                    for (account, period, charge, meter, contract), aggregate, amount, count in totals
-                ],
-                schema=TOTALS_SCHEMA,
-            )
-            if batch.num_rows:
-                # Columnar upsert: one statement per batch, not one per row.
-                db.register("batch_totals", batch)
-                db.execute(
-                    """INSERT INTO usage_totals SELECT * FROM batch_totals
-                       ON CONFLICT (account_id, period, charge_id, contract_id) DO UPDATE SET
-                         aggregate = excluded.aggregate,
-                         amount_exact = usage_totals.amount_exact + excluded.amount_exact,
-                         event_count = usage_totals.event_count + excluded.event_count"""
-                )
-                db.unregister("batch_totals")
-            if positions:
-                db.executemany(
-                    """INSERT INTO consumer_positions VALUES (?, ?, ?, ?, ?)
-                       ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,
-                         lineage = excluded.lineage, counts = excluded.counts""",
-                    [
-                        (
-                            topic,
-                            p,
-                            pos.next_offset,
-                            orjson.dumps(pos.lineage).decode(),
-                            orjson.dumps(pos.counts).decode(),
-                        )
-                        for p, pos in positions.items()
-                    ],
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+    def begin(self) -> None:
+        self.db.execute("BEGIN TRANSACTION")
 
-    # -- invoices ------------------------------------------------------------
+    def write_rated(self, tables: Iterable[pa.Table]) -> None:
+        for table in tables:
+            self._append("rated_usage", table)
+
+    def write_deltas(self, deltas: Sequence[Delta]) -> None:
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "account_id": key[0],
+                    "period": key[1],
+                    "charge_id": key[2],
+                    "meter": key[3],
+                    "contract_id": key[4],
+                    "aggregate": aggregate,
+                    "amount_exact": amount,
+                    "event_count": events,
+                    "partition": partition,
+                    "through": through,
+                }
+                for key, aggregate, amount, events, partition, through in deltas
+            ],
+            schema=DELTA_SCHEMA,
+        )
+        self._append("usage_deltas", table)
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def abort(self) -> None:
+        with suppress(duckdb.Error):  # the transaction ended with a failed COMMIT already
+            self.db.execute("ROLLBACK")
+
+    # -- usage and drafts ------------------------------------------------------
 
     def usage_for(self, period: str, accounts: Collection[str] | None = None) -> dict[str, list[UsageTotal]]:
         """The usage totals of a period by account (all accounts, or only those given)."""
@@ -279,18 +232,24 @@ class BillingStore:
             query += " AND account_id IN (SELECT account_id FROM wanted_accounts)"
         try:
             # Column-wise: one Arrow fetch instead of a Python tuple per row.
-            result = self.db.sql(query, params={"period": period}).to_arrow_table()
+            result = _as_table(self.db.sql(query, params={"period": period}).to_arrow_table())
         finally:
             if accounts is not None:
                 self.db.unregister("wanted_accounts")
         usage: dict[str, list[UsageTotal]] = {}
-        for row in zip(*(_as_table(result).column(i).to_pylist() for i in range(8)), strict=True):
+        for row in zip(*(result.column(i).to_pylist() for i in range(8)), strict=True):
             usage.setdefault(row[0], []).append(UsageTotal(*row))
         return usage
 
+    def accounts_with_usage(self, period: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT DISTINCT account_id FROM usage_deltas WHERE period = ? ORDER BY 1", [period]
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def periods_with_usage(self) -> list[str]:
         return [
-            r[0] for r in self.db.execute("SELECT DISTINCT period FROM usage_totals ORDER BY 1").fetchall()
+            r[0] for r in self.db.execute("SELECT DISTINCT period FROM usage_deltas ORDER BY 1").fetchall()
         ]
 
     def final_keys(self) -> set[tuple[str, str]]:
@@ -306,28 +265,8 @@ class BillingStore:
         return [(a, p) for a, p in rows]
 
     def count_drafts(self, status: str) -> int:
-        # fetchall, not fetchone: a result left unfinished blocks register() on this connection.
         rows = self.db.execute("SELECT count(*) FROM invoice_drafts WHERE status = ?", [status]).fetchall()
         return int(rows[0][0]) if rows else 0
-
-    def save_run_counts(self, counts: dict[str, int], rejected: Mapping[str, int]) -> None:
-        """The run's event counts (`run_counts`) and rejections by reason (`rejected_counts`;
-        the rejected records themselves are rows of `rejected_events`)."""
-        self.db.execute("CREATE OR REPLACE TABLE run_counts(name VARCHAR, events BIGINT)")
-        self.db.execute("CREATE OR REPLACE TABLE rejected_counts(reason VARCHAR, events BIGINT)")
-        self.db.executemany("INSERT INTO run_counts VALUES (?, ?)", list(counts.items()))
-        if rejected:
-            self.db.executemany("INSERT INTO rejected_counts VALUES (?, ?)", sorted(rejected.items()))
-
-    def close_done(self, period: str, account_id: str | None) -> bool:
-        rows = self.db.execute(
-            "SELECT count(*) FROM closes_done WHERE period = ? AND account_id IS NOT DISTINCT FROM ?",
-            [period, account_id],
-        ).fetchall()
-        return bool(rows and rows[0][0])
-
-    def mark_close_done(self, period: str, account_id: str | None) -> None:
-        self.db.execute("INSERT INTO closes_done VALUES (?, ?)", [period, account_id])
 
     def final_invoice_ids(self, period: str) -> set[str]:
         rows = self.db.execute(
@@ -336,32 +275,33 @@ class BillingStore:
         return {r[0] for r in rows}
 
     def save_drafts(self, drafts: Sequence[InvoiceDraft], generated_at: Any) -> None:
-        """Replace the rows of these drafts (one DuckDB transaction, set-based: no SQL per draft)."""
+        """Replace the rows of these drafts (one transaction, set-based: no SQL per draft)."""
         if not drafts:
             return
         db = self.db
         db.register("new_drafts", draft_table(drafts, generated_at))
         db.register("new_lines", line_table(drafts))
-        db.execute("BEGIN TRANSACTION")
+
+        def save() -> None:
+            with self.transaction():
+                db.execute(
+                    "DELETE FROM invoice_lines WHERE invoice_id IN (SELECT invoice_id FROM new_drafts)"
+                )
+                db.execute(
+                    "DELETE FROM invoice_drafts WHERE invoice_id IN (SELECT invoice_id FROM new_drafts)"
+                )
+                db.execute("INSERT INTO invoice_drafts SELECT * FROM new_drafts")
+                db.execute("INSERT INTO invoice_lines SELECT * FROM new_lines")
+
         try:
-            db.execute("DELETE FROM invoice_lines WHERE invoice_id IN (SELECT invoice_id FROM new_drafts)")
-            db.execute("DELETE FROM invoice_drafts WHERE invoice_id IN (SELECT invoice_id FROM new_drafts)")
-            db.execute("INSERT INTO invoice_drafts SELECT * FROM new_drafts")
-            db.execute("INSERT INTO invoice_lines SELECT * FROM new_lines")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            self.retrying(save)
         finally:
             db.unregister("new_drafts")
             db.unregister("new_lines")
 
-    def stale_previews(self) -> set[tuple[str, str]]:
-        """(account, period) pairs whose usage is newer than their draft, or that have none yet.
-
-        Previews are refreshed every preview interval from a set kept in memory; after
-        a crash that set is gone, so a restarted worker asks the tables instead.
-        """
+    def stale_previews(self, owned: Callable[[str], bool]) -> set[tuple[str, str]]:
+        """(account, period) pairs of owned accounts whose usage is newer than their draft, or
+        that have none yet: previews are refreshed from a set kept in memory, gone after a crash."""
         rows = self.db.execute(
             """SELECT u.account_id, u.period FROM usage_totals u
                LEFT JOIN invoice_drafts d ON d.account_id = u.account_id AND d.period = u.period
@@ -369,7 +309,39 @@ class BillingStore:
                HAVING count(d.invoice_id) = 0
                    OR (any_value(d.status) = 'open' AND any_value(d.event_count) <> sum(u.event_count))"""
         ).fetchall()
-        return {(a, p) for a, p in rows}
+        return {(a, p) for a, p in rows if owned(a)}
+
+    def save_run_counts(self, counts: dict[str, int], rejected: Mapping[str, int]) -> None:
+        """The run's event counts (`run_counts`) and rejections by reason (`rejected_counts`;
+        the rejected records themselves are rows of `rejected_events`)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM run_counts")
+            db.execute("DELETE FROM rejected_counts")
+            if counts:
+                db.executemany("INSERT INTO run_counts VALUES (?, ?)", list(counts.items()))
+            if rejected:
+                db.executemany("INSERT INTO rejected_counts VALUES (?, ?)", sorted(rejected.items()))
+
+    # -- closes ----------------------------------------------------------------
+
+    def close_done(self, period: str, account_id: str | None, partitions: Collection[int]) -> bool:
+        """Whether the close of `period` (all accounts, or one) is done for every partition given."""
+        rows = self.db.execute(
+            """SELECT DISTINCT partition FROM closes_done
+               WHERE period = ? AND account_id IS NOT DISTINCT FROM ?""",
+            [period, account_id],
+        ).fetchall()
+        done = {r[0] for r in rows}
+        return all(p in done for p in partitions)
+
+    def mark_close_done(self, period: str, account_id: str | None, partitions: Collection[int]) -> None:
+        def mark() -> None:
+            with self.transaction() as db:
+                db.executemany(
+                    "INSERT INTO closes_done VALUES (?, ?, ?)", [[period, account_id, p] for p in partitions]
+                )
+
+        self.retrying(mark)
 
     def export_final_invoices(self, period: str) -> None:
         """Rewrite invoices/period=P/*.parquet from the final drafts of the period."""
@@ -386,27 +358,50 @@ class BillingStore:
         write_parquet_atomically(_as_table(drafts).cast(DRAFT_SCHEMA), folder / "invoice_drafts.parquet")
         write_parquet_atomically(_as_table(lines).cast(LINE_SCHEMA), folder / "invoice_lines.parquet")
 
-    # -- accounts a close could not finalize ---------------------------------
+    # -- accounts a close could not finalize -----------------------------------
 
     def record_close_problems(
         self, period: str, problems: Sequence[tuple[str, str, str]], noticed_at: Any
     ) -> None:
         """Remember (account, reason, detail) of accounts the close of `period` had to leave open."""
-        if problems:
-            self.db.executemany(
-                """INSERT INTO close_problems VALUES (?, ?, ?, ?, ?) ON CONFLICT (period, account_id)
-                   DO UPDATE SET reason = excluded.reason, detail = excluded.detail,
-                     noticed_at = excluded.noticed_at""",
-                [[period, account, reason, detail, noticed_at] for account, reason, detail in problems],
-            )
+        if not problems:
+            return
+        table = pa.Table.from_pylist(
+            [
+                {"period": period, "account_id": a, "reason": r, "detail": d, "noticed_at": noticed_at}
+                for a, r, d in problems
+            ],
+            schema=CLOSE_PROBLEM_SCHEMA,
+        )
+
+        def record() -> None:
+            with self.transaction() as db:
+                db.register("new_problems", table)
+                try:
+                    db.execute(
+                        """DELETE FROM close_problems WHERE period = ?
+                           AND account_id IN (SELECT account_id FROM new_problems)""",
+                        [period],
+                    )
+                    columns = column_list(CLOSE_PROBLEM_SCHEMA)
+                    db.execute(f"INSERT INTO close_problems SELECT {columns} FROM new_problems")
+                finally:
+                    db.unregister("new_problems")
+
+        self.retrying(record)
 
     def resolve_close_problems(self, period: str) -> None:
         """Forget the problems of accounts whose draft of `period` is final now."""
-        self.db.execute(
-            """DELETE FROM close_problems WHERE period = ? AND account_id IN
-               (SELECT account_id FROM invoice_drafts WHERE period = ? AND status = 'final')""",
-            [period, period],
-        )
+
+        def resolve() -> None:
+            with self.transaction() as db:
+                db.execute(
+                    """DELETE FROM close_problems WHERE period = ? AND account_id IN
+                       (SELECT account_id FROM invoice_drafts WHERE period = ? AND status = 'final')""",
+                    [period, period],
+                )
+
+        self.retrying(resolve)
 
     def close_problems(self, period: str | None = None) -> list[tuple[str, str, str, str]]:
         """(period, account_id, reason, detail) of accounts with usage that a close could not
@@ -421,17 +416,3 @@ class BillingStore:
 
 def _as_table(result: Any) -> pa.Table:
     return result.read_all() if hasattr(result, "read_all") else result
-
-
-def _sql_text(text: str) -> str:
-    return text.replace("'", "''")
-
-
-def _duck_type(arrow_type: pa.DataType) -> str:
-    if pa.types.is_decimal(arrow_type):
-        return f"DECIMAL({arrow_type.precision},{arrow_type.scale})"
-    if pa.types.is_timestamp(arrow_type):
-        return "TIMESTAMPTZ"
-    if pa.types.is_integer(arrow_type):
-        return "BIGINT"
-    return "VARCHAR"

@@ -25,6 +25,7 @@ import orjson
 
 from consolidation.closing import accounts_active_in, finalize_period, reconcile_amounts, refresh_previews
 from consolidation.currency import minor_units
+from consolidation.lake import CATALOG_FILE, DATA_DIR
 from consolidation.rejected_feed import catch_up
 from consolidation.store import BillingStore
 from meterline.broker import EmbeddedBroker
@@ -49,8 +50,7 @@ class OutputExists(UserError):
 # What a run writes into --out: the billing store, its Parquet datasets, the workers'
 # logs and the invoice site. Only these are ever removed by --overwrite.
 OUTPUTS: Final = (
-    "billing.duckdb", "billing.duckdb.wal", "rated_usage", "invoices", "logs", "site", "rejected",
-    REJECTED_FILE,
+    CATALOG_FILE, DATA_DIR, "invoices", "logs", "site", "rejected", REJECTED_FILE,
 )  # fmt: skip
 
 
@@ -303,8 +303,9 @@ def _finish(
         problems: list[str] = []
         for period in periods:
             if close_all:  # closing builds every draft of the period itself
-                finalize_period(store, catalog, period, now, rated_topic=settings.topics.rated)
-                store.mark_close_done(period, None)
+                finalize_period(store, catalog, period, now)
+                store.mark_close_done(period, None, range(settings.partitions))
+                store.export_final_invoices(period)
                 publish_close(settings, period)
             else:
                 active = accounts_active_in(catalog, period)

@@ -18,7 +18,7 @@ import structlog
 from confluent_kafka.admin import AdminClient
 
 from consolidation.stage import Consolidator
-from consolidation.standby import broker_probe, open_store
+from consolidation.store import BillingStore
 from mediation.stage import MediationProcessor
 from meterline.config import Settings
 from meterline.dlq import max_bytes_of
@@ -95,10 +95,8 @@ def _run(stage: str, settings: Settings) -> None:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        probe = broker_probe(settings.bootstrap_servers, dict(settings.kafka))
-        store = open_store(settings.out_dir, stopping, probe)  # a standby waits here
-        if store is None:
-            return
+        # Several consolidation workers share one store (DuckLake): each owns its partitions.
+        store = BillingStore(settings.out_dir, settings.store_catalog)
         try:
             consolidator = Consolidator(settings, contracts, periods, store)
             if not stopping.is_set():

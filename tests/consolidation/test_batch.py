@@ -75,7 +75,7 @@ def test_aggregate_past_decimal_38_18_is_rejected_and_the_rest_stored() -> None:
     assert "aggregate_after" in batch.rejected[0].detail
     assert batch.rows[0].source_offsets == [0, 2]
     assert batch.rows[0].table().num_rows == 2  # Arrow's cast no longer sees the value that does not fit
-    assert batch.totals == {KEY: [big, Decimal(3), 2]}
+    assert batch.totals == {KEY: [big, Decimal(3), 2, 0]}
     assert batch.counts[0] == {"stored": 2, "rejected.invalid_quantity": 1}
 
 
@@ -91,7 +91,7 @@ def test_amount_that_would_take_the_running_total_past_10_20_is_rejected() -> No
     batch = _batch(rows, stored)
     assert [(r.reason, r.record.offset) for r in batch.rejected] == [("invalid_quantity", 1)]
     assert "10^20" in batch.rejected[0].detail
-    assert batch.totals[KEY][1:] == [Decimal("4999999999999999999"), 2]
+    assert batch.totals[KEY][1:3] == [Decimal("4999999999999999999"), 2]
 
 
 def test_any_other_failure_of_one_record_is_an_internal_error_and_the_batch_goes_on(
@@ -134,4 +134,4 @@ def test_a_row_arrow_cannot_convert_after_all_is_an_internal_error_alone() -> No
     batch, tables = build_writable_batch(records, (), _none_stored, _decoder(dict(enumerate(rows))))
     assert [(r.reason, r.record.offset) for r in batch.rejected] == [("internal_error", 1)]
     assert tables[0].column("event_id").to_pylist() == ["e1", "e3"]
-    assert batch.totals[KEY][1:] == [Decimal("0.004"), 2]
+    assert batch.totals[KEY][1:3] == [Decimal("0.004"), 2]

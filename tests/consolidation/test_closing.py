@@ -26,6 +26,7 @@ from meterline import metrics
 from meterline.catalog import Catalog
 from meterline.catalog_file import load_catalog
 from meterline.health import HEALTH
+from tests.support.store_batches import apply_batch
 
 CATALOG = Path(__file__).parent.parent / "data" / "catalog.yaml"
 
@@ -67,8 +68,11 @@ def _many_accounts(count: int) -> Catalog:
 
 
 def _with_usage(store: BillingStore, accounts: list[str]) -> None:
-    store.apply_batch(
-        "t", {0: Position(len(accounts), {}, {})}, [(_key(a), Decimal(1000), Decimal(2), 1) for a in accounts]
+    apply_batch(
+        store,
+        "t",
+        {0: Position(len(accounts), {}, {})},
+        [(_key(a), Decimal(1000), Decimal(2), 1) for a in accounts],
     )
 
 
@@ -83,7 +87,7 @@ def store(tmp_path: Path) -> Iterator[BillingStore]:
 def quick_stall() -> Iterator[float]:
     """HEALTH with a short stall limit, started as a worker's would be; restored afterwards."""
     saved = (HEALTH.stall_s, HEALTH.stage, HEALTH.started, HEALTH.fatal)
-    HEALTH.stall_s = 0.25
+    HEALTH.stall_s = 1.0
     HEALTH.start("consolidation")
     yield HEALTH.stall_s
     HEALTH.stall_s, HEALTH.stage, HEALTH.started, HEALTH.fatal = saved
@@ -92,7 +96,7 @@ def quick_stall() -> Iterator[float]:
 def test_a_close_longer_than_the_stall_limit_keeps_healthz_green(
     store: BillingStore, quick_stall: float
 ) -> None:
-    catalog = _many_accounts(15000)
+    catalog = _many_accounts(30000)
     _with_usage(store, sorted(catalog.accounts))
     answers: list[tuple[bool, str]] = []
     done = threading.Event()
@@ -106,7 +110,7 @@ def test_a_close_longer_than_the_stall_limit_keeps_healthz_green(
     started = time.monotonic()
     poller.start()
     try:
-        assert finalize_period(store, catalog, PERIOD, CLOSED_AT) == 15000
+        assert finalize_period(store, catalog, PERIOD, CLOSED_AT) == 30000
     finally:
         done.set()
         poller.join()
@@ -121,7 +125,7 @@ def test_an_account_the_catalog_lost_is_reported_left_open_and_closed_once_resto
 ) -> None:
     full = load_catalog(FLAT)
     key = ("alpha", PERIOD, "eur-api", "api_calls", "alpha-1")
-    store.apply_batch("t", {0: Position(1, {}, {})}, [(key, Decimal(1000), Decimal(2), 1)])
+    apply_batch(store, "t", {0: Position(1, {}, {})}, [(key, Decimal(1000), Decimal(2), 1)])
     refresh_previews(store, full, [("alpha", PERIOD)], CLOSED_AT)
     # A catalog published without alpha: the close must not skip its usage silently.
     without = replace(full, accounts={k: v for k, v in full.accounts.items() if k != "alpha"})

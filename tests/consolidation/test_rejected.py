@@ -172,8 +172,8 @@ def test_rows_and_dlq_offsets_are_stored_together_and_a_second_pass_adds_nothing
     store = BillingStore(tmp_path)
     batch = [row_of(letter(native(a), offset=i), FORMATS, catalog) for i, a in enumerate(("beta", "gamma"))]
     batch[1]["source_offset"] = 8
-    save_rejected(store.db, REJECTED, batch, {0: 2})
-    save_rejected(store.db, REJECTED, batch, {0: 2})  # consumed again (a crash before the commit)
+    save_rejected(store, REJECTED, batch, {0: 2})
+    save_rejected(store, REJECTED, batch, {0: 2})  # consumed again (a crash before the commit)
     assert rows(store, "SELECT dlq_offset, account_id FROM rejected_events ORDER BY 1") == [
         (0, "beta"),
         (1, "gamma"),
@@ -187,8 +187,8 @@ def test_a_second_dlq_copy_of_one_original_is_not_a_second_row(tmp_path: Path, c
     first = row_of(letter(native("beta"), offset=0), FORMATS, catalog)
     again = row_of(letter(native("beta"), offset=5, partition=1), FORMATS, catalog)
     other_stage = row_of(letter(native("beta"), offset=6, stage="rating"), FORMATS, catalog)
-    save_rejected(store.db, REJECTED, [first], {0: 1})
-    save_rejected(store.db, REJECTED, [again, other_stage], {0: 7, 1: 6})
+    save_rejected(store, REJECTED, [first], {0: 1})
+    save_rejected(store, REJECTED, [again, other_stage], {0: 7, 1: 6})
     assert rows(store, "SELECT dlq_partition, dlq_offset, stage FROM rejected_events ORDER BY 2") == [
         (0, 0, "mediation"),
         (0, 6, "rating"),
@@ -198,10 +198,14 @@ def test_a_second_dlq_copy_of_one_original_is_not_a_second_row(tmp_path: Path, c
 
 def test_a_failed_save_stores_neither_rows_nor_offsets(tmp_path: Path, catalog: Catalog) -> None:
     store = BillingStore(tmp_path)
-    bad = row_of(letter(native("beta")), FORMATS, catalog)
-    bad["dlq_partition"] = None  # NOT NULL: the insert fails inside the transaction
-    with pytest.raises(duckdb.Error):
-        save_rejected(store.db, REJECTED, [bad], {0: 1})
+    row = row_of(letter(native("beta")), FORMATS, catalog)
+
+    def offsets_fail(topic: str, offsets: object) -> None:  # after the rows, in the same transaction
+        raise duckdb.IOException("disk full")
+
+    store.append_offsets = offsets_fail  # type: ignore[method-assign]
+    with pytest.raises(duckdb.IOException):
+        save_rejected(store, REJECTED, [row], {0: 1})
     assert rows(store, "SELECT count(*) FROM rejected_events") == [(0,)]
     assert store.positions(REJECTED) == {}
 
@@ -215,7 +219,7 @@ def test_the_waiting_gauge_and_replayed_marks(tmp_path: Path, catalog: Catalog) 
     batch.append(row_of(letter(b"?", "malformed", ("usage.json", 0, 3), offset=3), FORMATS, catalog))
     batch += [row_of(letter(b"?", f"made-up-{i}", ("usage.json", 1, i), offset=4 + i), FORMATS, catalog)
               for i in range(2)]  # fmt: skip
-    save_rejected(store.db, REJECTED, batch, {0: 6})
+    save_rejected(store, REJECTED, batch, {0: 6})
     export_waiting(store.db)
     assert WAITING.labels("unknown_account")._value.get() == 3
     assert WAITING.labels("malformed")._value.get() == 1
@@ -234,24 +238,11 @@ def test_the_waiting_gauge_and_replayed_marks(tmp_path: Path, catalog: Catalog) 
     assert rows(store, "SELECT replayed_at FROM rejected_events WHERE dlq_offset = 0") == [(at,)]
 
 
-def test_a_store_of_an_earlier_run_keeps_its_counts_as_rejected_counts(tmp_path: Path) -> None:
-    db = duckdb.connect(str(tmp_path / "billing.duckdb"))
-    db.execute("CREATE TABLE rejected_events(reason VARCHAR, events BIGINT)")
-    db.execute("INSERT INTO rejected_events VALUES ('malformed', 3)")
-    db.close()
-    store = BillingStore(tmp_path)
-    assert rows(store, "SELECT * FROM rejected_counts") == [("malformed", 3)]
-    assert rows(store, "SELECT count(*) FROM rejected_events WHERE NOT replayed") == [(0,)]
-    store.save_run_counts({"events_in": 5}, {"unknown_meter": 2})
-    assert rows(store, "SELECT * FROM rejected_counts") == [("unknown_meter", 2)]
-    assert rows(store, "SELECT count(*) FROM rejected_events") == [(0,)]  # run counts leave it alone
-
-
 def test_the_parquet_export_holds_the_table(tmp_path: Path, catalog: Catalog) -> None:
     store = BillingStore(tmp_path)
     batch = [row_of(letter(native(a), offset=i, source=("usage.json", 0, i)), FORMATS, catalog)
              for i, a in enumerate(("beta", "gamma"))]  # fmt: skip
-    save_rejected(store.db, REJECTED, batch, {0: 2})
+    save_rejected(store, REJECTED, batch, {0: 2})
     export_parquet(store.db, tmp_path)
     exported = pq.read_table(parquet_path(tmp_path))
     assert exported.column("account_id").to_pylist() == ["beta", "gamma"]

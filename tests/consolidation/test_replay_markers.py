@@ -66,7 +66,7 @@ def _store(tmp_path: Path, catalog: Catalog, count: int) -> BillingStore:
         row_of(letter(native(f"acct{i}"), source=("usage.json", 0, i), offset=i), FORMATS, catalog)
         for i in range(count)
     ]
-    save_rejected(store.db, REJECTED, batch, {0: count})
+    save_rejected(store, REJECTED, batch, {0: count})
     return store
 
 
@@ -80,14 +80,14 @@ def test_the_table_follows_the_markers_idempotently(tmp_path: Path, catalog: Cat
     store = _store(tmp_path, catalog, 4)
     try:
         marked = {(REJECTED, 0, 1): AT, (REJECTED, 0, 2): AT, (REJECTED, 0, 99): AT}  # 99: not stored yet
-        assert sync_replayed(store.db, marked) == 2
-        assert sync_replayed(store.db, marked) == 0  # read again from the start: nothing changes
+        assert sync_replayed(store, marked) == 2
+        assert sync_replayed(store, marked) == 0  # read again from the start: nothing changes
         assert _replayed(store) == [(1, AT), (2, AT)]
         # A second replay's marker keeps the first time; a tombstone (key gone) un-marks.
-        assert sync_replayed(store.db, {(REJECTED, 0, 1): LATER, (REJECTED, 0, 99): AT}) == 1
+        assert sync_replayed(store, {(REJECTED, 0, 1): LATER, (REJECTED, 0, 99): AT}) == 1
         assert _replayed(store) == [(1, AT)]
         # Another installation's DLQ topic, same partition and offset: not this row.
-        assert sync_replayed(store.db, {("green.meterline.usage.rejected", 0, 3): AT}) == 1
+        assert sync_replayed(store, {("green.meterline.usage.rejected", 0, 3): AT}) == 1
         assert _replayed(store) == []
     finally:
         store.close()
@@ -100,12 +100,12 @@ def test_a_marker_read_before_its_dlq_record_applies_when_the_row_arrives(
     try:
         marked = {(REJECTED, 0, 2): AT, (REJECTED, 0, 0): LATER}
         late = row_of(letter(native("late"), source=("usage.json", 0, 2), offset=2), FORMATS, catalog)
-        save_rejected(store.db, REJECTED, [late], {0: 3})
+        save_rejected(store, REJECTED, [late], {0: 3})
         # Only the new rows are looked at: offset 0's marker waits for a full pass.
-        assert sync_replayed(store.db, marked, [(REJECTED, 0, 2)]) == 1
-        assert sync_replayed(store.db, marked, [(REJECTED, 0, 1)]) == 0
+        assert sync_replayed(store, marked, [(REJECTED, 0, 2)]) == 1
+        assert sync_replayed(store, marked, [(REJECTED, 0, 1)]) == 0
         assert _replayed(store) == [(2, AT)]
-        assert sync_replayed(store.db, marked) == 1
+        assert sync_replayed(store, marked) == 1
         assert _replayed(store) == [(0, LATER), (2, AT)]
     finally:
         store.close()

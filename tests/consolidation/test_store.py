@@ -1,4 +1,4 @@
-"""BillingStore and closing without Kafka: the sink's DuckDB/Parquet steps and their crash-safety."""
+"""BillingStore and closing without Kafka: the sink's store steps and their crash-safety."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from consolidation.checkpoint import StoreCheckpoint
 from consolidation.closing import finalize_period, refresh_previews
 from consolidation.files import RatedRows
+from consolidation.lake import ALIAS
 from consolidation.store import BillingStore, Position
 from meterline.catalog_file import load_catalog
+from meterline.checkpoint import commit_checkpoint
 from schemas.codec import RATED_FIELDS
+from tests.support.store_batches import apply_batch
 
 DATA = Path(__file__).parent.parent / "data" / "flat"
 NOW = datetime(2026, 11, 2, tzinfo=UTC)
@@ -66,46 +70,46 @@ def test_rated_rows_cast_decimal_text_exactly() -> None:
         too_precise.table()
 
 
-def test_rated_files_split_by_period_and_uncommitted_ones_are_discarded(store: BillingStore) -> None:
+def test_rated_rows_land_in_period_folders_with_relative_paths(store: BillingStore) -> None:
     rows = RatedRows()
-    rows.append(record("e1", "2026-09"), 1, 10)
-    rows.append(record("e2", "2026-10"), 1, 11)
-    store.write_rated_files(1, 10, 11, rows)
-    later = RatedRows()
-    later.append(record("e3", "2026-10"), 1, 12)
-    store.write_rated_files(1, 12, 12, later)
-    files = sorted(p.relative_to(store.out).as_posix() for p in store.out.rglob("*.parquet"))
-    assert files == [
-        "rated_usage/period=2026-09/part-001-000000000010-000000000011.parquet",
-        "rated_usage/period=2026-10/part-001-000000000010-000000000011.parquet",
-        "rated_usage/period=2026-10/part-001-000000000012-000000000012.parquet",
-    ]
-    # Offset 12 was never committed: a restart at next_offset 12 removes its file, keeps the rest.
-    store.discard_uncommitted_files(1, 12)
-    assert len(list(store.out.rglob("*.parquet"))) == 2
-    store.refresh_view()
-    assert store.db.execute("SELECT count(*) FROM rated_usage").fetchone() == (2,)
+    for offset in range(20):  # more rows than DuckLake keeps inline in its catalog
+        rows.append(record(f"e{offset}", "2026-09" if offset % 2 else "2026-10"), 1, offset)
+    apply_batch(store, "t", {1: Position(20, {}, {})}, [], [rows.table()])
+    files = sorted(p.relative_to(store.out).parent.as_posix() for p in store.out.rglob("*.parquet"))
+    assert files == ["data/main/rated_usage/period=2026-09", "data/main/rated_usage/period=2026-10"]
+    assert store.db.execute("SELECT count(*) FROM rated_usage").fetchall() == [(20,)]
+    stored = store.db.execute(f"SELECT path FROM __ducklake_metadata_{ALIAS}.ducklake_data_file").fetchall()
+    assert stored and all(not path.startswith("/") for (path,) in stored)
+
+
+def test_a_batch_whose_partition_moved_on_is_not_stored(store: BillingStore) -> None:
+    """A worker that lost its partition to another (a rebalance) cannot commit a batch for it."""
+    key: Key = ("alpha", "2026-09", "eur-api", "api_calls", "alpha-1")
+    apply_batch(store, "t", {0: Position(5, {}, {})}, [(key, Decimal(2), Decimal(1), 1)])
+    delta = [(key, Decimal(3), Decimal(1), 1, 0, 5)]
+    stale = StoreCheckpoint(store, "t", [], delta, {0: Position(6, {}, {})}, {0: None})
+    failure = commit_checkpoint(stale)
+    assert failure is not None and "moved on" in failure[0]
+    assert store.positions("t")[0].next_offset == 5
+    assert store.stored_amounts([key]) == {key: Decimal(1)}
 
 
 def test_temporary_files_of_a_killed_writer_are_removed_on_restart(tmp_path: Path) -> None:
     out = tmp_path / "out"
     BillingStore(out).close()
-    rated = out / "rated_usage" / "period=2026-10"
     invoices = out / "invoices" / "period=2026-09"
-    rated.mkdir(parents=True)
+    rejected = out / "rejected"
     invoices.mkdir(parents=True)
+    rejected.mkdir(parents=True)
     left = [
-        rated / ".part-001-000000000012-000000000020.parquet.tmp-4242",
-        rated / ".part-002-000000000012-000000000020.parquet.tmp-4242",  # any partition
-        rated / ".part-002-000000000000-000000000999-c1.parquet.tmp-4243",  # a compaction's
         invoices / ".invoice_drafts.parquet.tmp-4242",  # a close's export
         invoices / ".invoice_lines.parquet.tmp-77",
+        rejected / ".rejected_events.parquet.tmp-12",
     ]
     for path in left:
         path.write_bytes(b"half a Parquet file")
     kept = invoices / "invoice_drafts.parquet"
     kept.write_bytes(b"an earlier export")
-    # DuckDB lets one process write the store: whoever opens it is the only writer left.
     BillingStore(out).close()
     assert [p for p in left if p.exists()] == []
     assert kept.exists()
@@ -113,35 +117,39 @@ def test_temporary_files_of_a_killed_writer_are_removed_on_restart(tmp_path: Pat
 
 def test_apply_batch_accumulates_totals_and_positions(store: BillingStore) -> None:
     key: Key = ("alpha", "2026-09", "eur-api", "api_calls", "alpha-1")
-    store.apply_batch(
-        "t", {0: Position(5, {"src": 4}, {"stored": 2})}, [(key, Decimal(2), Decimal("0.004"), 2)]
+    apply_batch(
+        store, "t", {0: Position(5, {"src": 4}, {"stored": 2})}, [(key, Decimal(2), Decimal("0.004"), 2)]
     )
-    store.apply_batch(
-        "t", {0: Position(9, {"src": 8}, {"stored": 3})}, [(key, Decimal(3), Decimal("0.002"), 1)]
+    apply_batch(
+        store, "t", {0: Position(9, {"src": 8}, {"stored": 3})}, [(key, Decimal(3), Decimal("0.002"), 1)]
     )
     assert store.db.execute("SELECT aggregate, amount_exact, event_count FROM usage_totals").fetchall() == [
         (Decimal(3), Decimal("0.006"), 3)
     ]
     assert store.positions("t") == {0: Position(9, {"src": 8}, {"stored": 3})}
-    store.apply_batch("t", {}, [])  # an empty batch is a no-op, not an error
+    apply_batch(store, "t", {}, [])  # an empty batch is a no-op, not an error
+    assert store.positions("t") == {0: Position(9, {"src": 8}, {"stored": 3})}
 
 
 def test_previews_then_final_are_idempotent_and_exported(store: BillingStore) -> None:
     catalog = load_catalog(DATA / "catalog.yaml")
     key: Key = ("alpha", "2026-09", "eur-api", "api_calls", "alpha-1")
-    store.apply_batch("t", {0: Position(1, {}, {})}, [(key, Decimal(1000), Decimal(2), 1)])
-    assert store.stale_previews() == {("alpha", "2026-09")}
-    refresh_previews(store, catalog, store.stale_previews(), NOW)
-    assert store.stale_previews() == set()
+    apply_batch(store, "t", {0: Position(1, {}, {})}, [(key, Decimal(1000), Decimal(2), 1)])
+    assert store.stale_previews(lambda _: True) == {("alpha", "2026-09")}
+    refresh_previews(store, catalog, store.stale_previews(lambda _: True), NOW)
+    assert store.stale_previews(lambda _: True) == set()
     assert store.db.execute("SELECT status, event_count FROM invoice_drafts").fetchall() == [("open", 1)]
-    store.apply_batch("t", {0: Position(2, {}, {})}, [(key, Decimal(1500), Decimal(1), 1)])
-    assert store.stale_previews() == {("alpha", "2026-09")}  # usage moved on: a restart refreshes it
+    apply_batch(store, "t", {0: Position(2, {}, {})}, [(key, Decimal(1500), Decimal(1), 1)])
+    assert store.stale_previews(lambda _: True) == {
+        ("alpha", "2026-09")
+    }  # usage moved on: a restart refreshes it
 
     assert finalize_period(store, catalog, "2026-09", NOW) >= 1
     first = store.db.execute("SELECT * FROM invoice_drafts ORDER BY ALL").fetchall()
     assert {r[10] for r in first} == {"final"}
     assert finalize_period(store, catalog, "2026-09", NOW) == 0  # a repeated close changes nothing
     assert store.db.execute("SELECT * FROM invoice_drafts ORDER BY ALL").fetchall() == first
+    store.export_final_invoices("2026-09")
     exported = pq.read_table(store.out / "invoices" / "period=2026-09" / "invoice_drafts.parquet")
     assert exported.num_rows == len(first)
     lines = store.db.execute("SELECT count(*) FROM invoice_lines").fetchone()
