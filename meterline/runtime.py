@@ -18,12 +18,11 @@ its DLQ copy cannot be committed, the worker stops. Fatal errors stop the worker
 
 State lives in memory per assigned partition and is made durable in a compacted
 changelog topic (partition = input partition), restored on assignment before any
-record of the partition is processed (meterline.restore).
+record of the partition is processed (meterline.restore, meterline.rebalance).
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from types import FrameType
 from typing import Final
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from meterline import metrics
 from meterline.config import Settings
@@ -48,8 +47,8 @@ from meterline.lineage import LINEAGE_HEADER
 from meterline.messages import TP as TP
 from meterline.messages import BatchResult as BatchResult
 from meterline.messages import InputRecord, Processor, input_records
-from meterline.offsets import check_positions
 from meterline.reasons import INTERNAL_ERROR
+from meterline.rebalance import Rebalance
 from meterline.restore import THROUGH_HEADER, Partitions
 from meterline.topics import changelog_topic
 from meterline.transaction import Failure, Transactions
@@ -83,10 +82,11 @@ class StageRunner:
             settings, self.stage, processor.restore, processor.release, after_restore
         )
         self._meta = self._partitions.meta  # the same dict, for the per-record loop
+        self._log = log.bind(stage=self.stage)
+        self._rebalance = Rebalance(settings, self.stage, self._partitions, self._log)
         self._stopping = False
         self._consumer: Consumer | None = None
         self._txn: Transactions | None = None
-        self._log = log.bind(stage=self.stage)
         # Where the loop's time went (logged at stop): waiting in consume, the transform, the commit.
         self._spent: dict[str, float] = {"consume": 0.0, "transform": 0.0, "produce_commit": 0.0}
         self._batches = 0
@@ -122,9 +122,9 @@ class StageRunner:
             self._txn = Transactions(s, self.stage, lambda: self._stopping)
             self._consumer.subscribe(
                 self.input_topics,
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_revoke,
+                on_assign=self._rebalance.on_assign,
+                on_revoke=self._rebalance.on_revoke,
+                on_lost=self._rebalance.on_revoke,
             )
             HEALTH.start(self.stage)
             metrics.READY.labels(self.stage).set(1)
@@ -297,7 +297,8 @@ class StageRunner:
         aborts = HEALTH.aborted()
         if broker_unreachable:
             HEALTH.broker_down()
-        self._reload(list(self._meta))
+        assert self._consumer is not None
+        self._rebalance.reload(self._consumer, list(self._meta))
         reachable = not broker_unreachable and HEALTH.broker_reachable()
         action = self._isolation.failed(len(records), next_offsets, split, reachable)
         if action == REPLAY:
@@ -362,44 +363,7 @@ class StageRunner:
         for topic, value, key, partition, headers in self._partitions.meta_records(tp, through):
             self._txn.produce(topic, value, key, partition, headers)
 
-    def _reload(self, tps: list[TP]) -> None:
-        """Restore the partitions' state and rewind them to their committed offsets."""
-        assert self._consumer is not None
-        committed = self._committed_offsets(tps)
-        self._partitions.restore(committed)
-        for (topic, partition), offset in committed.items():
-            self._consumer.seek(TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING))
-
-    # -- rebalancing and restore -----------------------------------------------
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        tps = [(p.topic, p.partition) for p in partitions]
-        self._log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in tps])
-        committed = self._committed_offsets(tps)
-        s = self.settings
-        # raises OffsetsPastEndError
-        check_positions(s.bootstrap_servers, s.kafka, committed, prefix=s.topic_prefix)
-        self._partitions.restore(committed)
-        consumer.assign(
-            [TopicPartition(t, p, o if o >= 0 else OFFSET_BEGINNING) for (t, p), o in committed.items()]
-        )
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Transactions never outlive a batch and consume() is only called between
-        # batches, so nothing is in flight here: drop the partitions' state.
-        for p in partitions:
-            tp = (p.topic, p.partition)
-            self._partitions.release(tp)
-            # Stop reporting lag for partitions this worker no longer owns.
-            with contextlib.suppress(KeyError):
-                metrics.CONSUMER_LAG.remove(self.stage, p.topic, str(p.partition))
-        self._log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
-
-    def _committed_offsets(self, tps: list[TP]) -> dict[TP, int]:
-        assert self._consumer is not None
-        found = self._consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=30)
-        return {(c.topic, c.partition): c.offset for c in found}
-
     def _restore(self, tps: list[TP]) -> None:
         """Rebuild the state of partitions as of their committed offsets (benchmarks call it)."""
-        self._partitions.restore(self._committed_offsets(tps))
+        assert self._consumer is not None
+        self._partitions.restore(self._rebalance.committed_offsets(self._consumer, tps))
