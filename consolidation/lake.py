@@ -27,6 +27,7 @@ image that installs extensions itself) DuckDB's own INSTALL is used.
 from __future__ import annotations
 
 import importlib.util
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -46,6 +47,9 @@ _RETRY_SETTINGS: Final = (
     "SET ducklake_retry_backoff = 1.3",
     "SET ducklake_max_retry_count = 100",
 )
+
+# How long a writer retries attaching a catalog that another writer is creating.
+_CREATE_WAIT_S: Final = 10.0
 
 _EXTENSIONS: Final = {
     "ducklake": "duckdb_extension_ducklake",
@@ -108,7 +112,7 @@ def connect(
         if not existed or (catalog and not read_only):
             folder.mkdir(parents=True, exist_ok=True)
             # Created with the relative data path, then attached like every later connection.
-            db.execute(f"ATTACH '{uri}' AS {ALIAS} (DATA_PATH '{STORED_DATA_PATH}')")
+            _attach_creating(db, f"ATTACH '{uri}' AS {ALIAS} (DATA_PATH '{STORED_DATA_PATH}')")
             db.execute(f"DETACH {ALIAS}")
         options = [f"DATA_PATH '{_sql_text((folder / DATA_DIR).as_posix())}/'", "OVERRIDE_DATA_PATH true"]
         if read_only:
@@ -124,6 +128,21 @@ def connect(
         db.close()
         raise
     return db
+
+
+def _attach_creating(db: duckdb.DuckDBPyConnection, attach: str) -> None:
+    """Two writers may create one new catalog at once: the loser's CREATEs collide with
+    the winner's (PostgreSQL) or find it locked (SQLite); once the winner has committed,
+    attaching again finds the catalog."""
+    deadline = time.monotonic() + _CREATE_WAIT_S
+    while True:
+        try:
+            db.execute(attach)
+            return
+        except duckdb.Error:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _sql_text(text: str) -> str:

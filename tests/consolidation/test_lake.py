@@ -160,6 +160,35 @@ def test_another_process_reads_only_committed_rows_while_a_writer_holds_a_transa
     _check_isolation(tmp_path / "out")
 
 
+_CREATOR = textwrap.dedent(
+    """
+    import sys
+    from consolidation import lake
+    db = lake.connect(sys.argv[1], catalog=sys.argv[2])
+    meta = "__ducklake_metadata_billing.ducklake_metadata"
+    print(db.execute(f"SELECT value FROM {meta} WHERE key = 'data_path'").fetchone()[0])
+    """
+)
+
+
+def _create_at_once(out: Path, catalog: str = "") -> None:
+    """Two writers start on a store nobody created yet (both replicas of a deployment at once)."""
+    command = [sys.executable, "-c", _CREATOR, str(out), catalog]
+    writers = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for writer in writers:
+        stdout, stderr = writer.communicate(timeout=60)
+        assert writer.returncode == 0, stderr
+        assert stdout.strip() == "data/"
+
+
+def test_two_writers_create_one_new_store_at_once(tmp_path: Path) -> None:
+    for attempt in range(3):
+        _create_at_once(tmp_path / f"out{attempt}")
+
+
 def _check_snapshots(out: Path, catalog: str = "") -> None:
     db = lake.connect(out, catalog=catalog)
     try:
@@ -221,6 +250,14 @@ def test_postgres_catalog_creates_writes_and_reads(postgres: PostgresServer, tmp
         assert _count(db) == FILE_ROWS + 1
     finally:
         db.close()
+
+
+@pytest.mark.slow
+def test_two_writers_create_one_new_postgres_catalog_at_once(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    for attempt in range(3):
+        _create_at_once(tmp_path / f"out{attempt}", postgres.create_database(f"lake_race{attempt}"))
 
 
 @pytest.mark.slow
