@@ -4,6 +4,7 @@ DLQ record, dedup across a SIGKILL, randomly keyed raw topics, live contract upd
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -235,19 +236,36 @@ def test_contract_published_while_running_applies_to_later_events(
         updated = tmp_path / "catalog-v2.yaml"
         updated.write_text(yaml.safe_dump(document))
         publish_catalog(pipeline.settings, updated)
-        second = tmp_path / "second.jsonl"
-        second.write_bytes(event("after-1", timestamp="2026-03-06T10:00:00Z") + b"\n")
-        # Give the worker a moment to pick up the catalog before the event arrives.
-        pipeline.wait_until(lambda t: True)
-        import time
-
-        time.sleep(1.5)
-        pipeline.published += produce_inputs(pipeline.settings, [InputFile(second, "json")])
-        pipeline.wait_until(lambda t: t.mediated == 2)
+        # The worker takes the new version between batches, at its own pace: events are sent
+        # one at a time until one is mediated under the renewed contract, then one more.
+        sent: list[str] = []
+        deadline = time.monotonic() + 60
+        while not sent or contracts_of(fresh_broker)[sent[-1]] != "acme-2026-renewed":
+            assert time.monotonic() < deadline, (
+                f"the new contract never applied: {contracts_of(fresh_broker)}"
+            )
+            sent.append(f"after-{len(sent) + 1}")
+            send(pipeline, tmp_path, sent[-1])
+        send(pipeline, tmp_path, "later")
     finally:
         pipeline.stop()
-    contracts = {
-        decode_usage(m.value()).event_id: decode_usage(m.value()).contract_id
-        for m in read_topic(fresh_broker.bootstrap_servers, MEDIATED)
-    }
-    assert contracts == {"before-1": "acme-2026", "after-1": "acme-2026-renewed"}
+    contracts = contracts_of(fresh_broker)
+    assert contracts["before-1"] == "acme-2026"
+    # The old contract until the worker took the new version, the renewed one from then on.
+    assert [contracts[name] for name in sent] == ["acme-2026"] * (len(sent) - 1) + ["acme-2026-renewed"]
+    assert contracts["later"] == "acme-2026-renewed"
+    assert len(contracts) == len(sent) + 2
+
+
+def send(pipeline: LivePipeline, tmp_path: Path, event_id: str) -> None:
+    """Publish one event of 2026-03-06 and wait until mediation has mediated it."""
+    path = tmp_path / f"{event_id}.jsonl"
+    path.write_bytes(event(event_id, timestamp="2026-03-06T10:00:00Z") + b"\n")
+    pipeline.published += produce_inputs(pipeline.settings, [InputFile(path, "json")])
+    pipeline.wait_until(lambda t: t.mediated == pipeline.published)
+
+
+def contracts_of(broker: EmbeddedBroker) -> dict[str, str | None]:
+    """The contract of each mediated event, by event id."""
+    events = (decode_usage(m.value()) for m in read_topic(broker.bootstrap_servers, MEDIATED))
+    return {usage.event_id: usage.contract_id for usage in events}

@@ -69,28 +69,19 @@ class RunningCount:
 
 
 def run_until(broker: EmbeddedBroker, processor: RunningCount, expected_seen: int) -> dict[bytes, int]:
-    """Run the stage until its committed progress covers `expected_seen` records; the counts then."""
+    """Run the stage until `expected_seen` outputs are committed (one per record, in the same
+    transactions as the offsets); the counts then."""
     settings = Settings(bootstrap_servers=broker.bootstrap_servers, instance_id="t", batch_size=50)
     runner = StageRunner(processor, settings, [IN])
     done = threading.Event()
-
-    def seen() -> bool:
-        return sum(sum(c.values()) for c in processor.counts.values()) >= expected_seen
-
     thread = threading.Thread(target=runner.run, kwargs={"should_stop": lambda: done.is_set()})
     thread.start()
-    snapshot: dict[bytes, int] = {}
     try:
-        for _ in range(600):
-            if seen():
-                snapshot = dict(processor.counts[(IN, 0)])
-                break
-            threading.Event().wait(0.1)
-        threading.Event().wait(1)  # let the batch's transaction commit
+        wait(lambda: len(read_all(broker, OUT)) >= expected_seen, 60, f"{expected_seen} committed outputs")
+        return dict(processor.counts[(IN, 0)])
     finally:
         done.set()
         thread.join(30)
-    return snapshot
 
 
 def read_all(broker: EmbeddedBroker, topic: str) -> list[tuple[bytes | None, bytes | None]]:
