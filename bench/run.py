@@ -33,12 +33,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench.baselines import plain_loop_rate, raw_rates
 from bench.common import BenchmarkFailed, keyed_workers, record, spread
 from bench.reference import reference_totals
+from consolidation.lake import connect as connect_store
 from mediation.formats import account_of
 from meterline.broker import EmbeddedBroker
 from meterline.generate import planned_counts
@@ -71,7 +71,7 @@ def end_to_end(folder: Path, catalog: Path, events: Path, total: int) -> tuple[f
         raise BenchmarkFailed(f"summary {counts} does not match the planned counts {planned}")
     if counts["events_in"] != counts["rated"] + counts["duplicates"] + counts["rejected"]:
         raise BenchmarkFailed(f"summary does not reconcile: {counts}")
-    db = duckdb.connect(str(out / "billing.duckdb"), read_only=True)
+    db = connect_store(out, read_only=True)
     found = dict(db.execute("SELECT invoice_id, total FROM invoice_drafts WHERE status = 'final'").fetchall())
     db.close()
     expected = reference_totals(catalog, read_records(InputFile(events, "json")), datetime.now(UTC))

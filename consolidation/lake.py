@@ -26,7 +26,9 @@ image that installs extensions itself) DuckDB's own INSTALL is used.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -114,6 +116,8 @@ def connect(
             # Created with the relative data path, then attached like every later connection.
             _attach_creating(db, f"ATTACH '{uri}' AS {ALIAS} (DATA_PATH '{STORED_DATA_PATH}')")
             db.execute(f"DETACH {ALIAS}")
+            if not catalog:
+                _write_ahead_log(folder / CATALOG_FILE)
         options = [f"DATA_PATH '{_sql_text((folder / DATA_DIR).as_posix())}/'", "OVERRIDE_DATA_PATH true"]
         if read_only:
             options.append("READ_ONLY")
@@ -143,6 +147,13 @@ def _attach_creating(db: duckdb.DuckDBPyConnection, attach: str) -> None:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
+
+
+def _write_ahead_log(path: Path) -> None:
+    """SQLite's WAL journal (kept in the file): readers no longer block the writers'
+    commits, nor a commit the readers, as the default rollback journal does."""
+    with contextlib.closing(sqlite3.connect(path, timeout=_CREATE_WAIT_S)) as catalog:
+        catalog.execute("PRAGMA journal_mode=WAL")
 
 
 def _sql_text(text: str) -> str:

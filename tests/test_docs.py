@@ -29,6 +29,7 @@ import yaml
 from confluent_kafka import Producer
 
 from consolidation.invoice import UsageTotal, assemble_invoice
+from consolidation.lake import connect as connect_store
 from consolidation.store import BillingStore
 from mediation.formats import parse_record
 from meterline.broker import EmbeddedBroker
@@ -444,7 +445,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _rows(folder: Path, sql: str) -> int:
-    con = duckdb.connect(str(folder / "meterline-out" / "billing.duckdb"), read_only=True)
+    con = connect_store(folder / "meterline-out", read_only=True)
     try:
         return len(con.sql(sql).fetchall())
     finally:
@@ -487,7 +488,7 @@ def test_worked_examples_come_out_of_meterline_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
     assert "rated: 7" in done.stdout and "duplicates: 1" in done.stdout
-    con = duckdb.connect(str(out / "billing.duckdb"), read_only=True)
+    con = connect_store(out, read_only=True)
     try:
         for args, body in _invoice_examples():
             account_id, period, *_ = args.split()

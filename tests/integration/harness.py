@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import yaml
 
+from consolidation.lake import connect as connect_store
 from meterline.broker import EmbeddedBroker
 from meterline.config import Settings
 from meterline.generate import generate_catalog, generate_events
@@ -107,7 +107,7 @@ def run_reference(catalog: Path, events: Path, out: Path) -> None:
 
 
 def table(out: Path, sql: str) -> list[tuple[Any, ...]]:
-    db = duckdb.connect(str(out / "billing.duckdb"), read_only=True)
+    db = connect_store(out, read_only=True)
     try:
         return db.execute(sql).fetchall()
     finally:

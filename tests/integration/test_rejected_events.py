@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from consolidation.lake import connect as connect_store
 from consolidation.rejected import WAITING, parquet_path
 from consolidation.rejected_feed import GROUP, catch_up
 from consolidation.store import BillingStore
@@ -108,7 +109,7 @@ def test_waiting_usage_by_account_and_reason_while_the_consolidator_runs(
         (b"something else", []),  # no headers at all
     ]
     worker = InProcessConsolidator(settings, out, "waiting")
-    reader = worker.store.db.cursor()  # a connection of its own, for this thread
+    reader = connect_store(worker.store.out, read_only=True)  # a reader beside the worker
     worker.start()
     try:
         _produce(fresh_broker.bootstrap_servers, letters)
@@ -152,7 +153,7 @@ def test_waiting_usage_by_account_and_reason_while_the_consolidator_runs(
     late = _letter(_event("x", "delta", "api_calls", "2026-10-01T00:00:00Z"), "unknown_account", 9)
     _produce(fresh_broker.bootstrap_servers, [late])
     worker = InProcessConsolidator(settings, out, "again")
-    reader = worker.store.db.cursor()
+    reader = connect_store(worker.store.out, read_only=True)
     worker.start()
     try:
         _until(lambda: reader.execute("SELECT count(*) FROM rejected_events").fetchall() == [(8,)], worker)

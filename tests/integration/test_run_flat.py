@@ -8,10 +8,10 @@ from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
 
-import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from consolidation.lake import connect as connect_store
 from tests.integration.harness import meterline_run
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def test_summary_counts_every_event_once(run_output: Path) -> None:
 
 
 def test_invoice_lines_match_hand_computed(run_output: Path) -> None:
-    db = duckdb.connect(str(run_output / "out" / "billing.duckdb"), read_only=True)
+    db = connect_store(run_output / "out", read_only=True)
     rows = db.execute(
         "SELECT account_id, period, line_no, kind, charge_id, quantity, amount FROM invoice_lines "
         "ORDER BY account_id, period, line_no"
@@ -105,7 +105,7 @@ def test_invoice_lines_match_hand_computed(run_output: Path) -> None:
 
 
 def test_drafts_are_final_with_exact_totals(run_output: Path) -> None:
-    db = duckdb.connect(str(run_output / "out" / "billing.duckdb"), read_only=True)
+    db = connect_store(run_output / "out", read_only=True)
     rows = db.execute(
         "SELECT account_id, period, subtotal, tax, total, status, currency, issue_date, due_date, "
         "event_count, typeof(total) FROM invoice_drafts ORDER BY ALL"
@@ -121,7 +121,7 @@ def test_drafts_are_final_with_exact_totals(run_output: Path) -> None:
 
 def test_parquet_matches_duckdb(run_output: Path) -> None:
     out = run_output / "out"
-    db = duckdb.connect(str(out / "billing.duckdb"), read_only=True)
+    db = connect_store(out, read_only=True)
     for period in ("2026-09", "2026-10"):
         drafts = pq.read_table(out / "invoices" / f"period={period}" / "invoice_drafts.parquet")
         lines = pq.read_table(out / "invoices" / f"period={period}" / "invoice_lines.parquet")
@@ -140,7 +140,7 @@ def test_parquet_matches_duckdb(run_output: Path) -> None:
 
 
 def test_rated_usage_traces_every_invoice_line(run_output: Path) -> None:
-    db = duckdb.connect(str(run_output / "out" / "billing.duckdb"), read_only=True)
+    db = connect_store(run_output / "out", read_only=True)
     mismatches = db.execute(
         """SELECT t.account_id, t.charge_id FROM usage_totals t
            LEFT JOIN (SELECT account_id, period, charge_id, sum(amount) AS amount, count(*) AS n
@@ -152,7 +152,7 @@ def test_rated_usage_traces_every_invoice_line(run_output: Path) -> None:
 
 
 def test_rejections_by_reason_are_queryable(run_output: Path) -> None:
-    db = duckdb.connect(str(run_output / "out" / "billing.duckdb"), read_only=True)
+    db = connect_store(run_output / "out", read_only=True)
     rows = dict(db.execute("SELECT reason, events FROM rejected_counts").fetchall())
     assert rows == {
         k.removeprefix("rejected."): v for k, v in EXPECTED_SUMMARY.items() if k.startswith("rejected.")
@@ -163,7 +163,7 @@ def test_rejected_events_holds_every_rejection_of_the_run(run_output: Path) -> N
     """The run reads the DLQ to its end after its workers stopped: none of its last
     rejections is missing from rejected_events, nor from its Parquet export."""
     out = run_output / "out"
-    db = duckdb.connect(str(out / "billing.duckdb"), read_only=True)
+    db = connect_store(out, read_only=True)
     waiting = "SELECT reason, count(*) FROM rejected_events WHERE NOT replayed GROUP BY 1"
     rows = dict(db.execute(waiting).fetchall())
     assert rows == {
@@ -284,7 +284,7 @@ def test_run_reads_asterisk_times_in_the_cdr_timezone(tmp_path: Path) -> None:
         catalog, str(cdrs), tmp_path / "out", "--cdr-timezone", "Europe/Paris", partitions=2, timeout=300
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    db = duckdb.connect(str(tmp_path / "out" / "billing.duckdb"), read_only=True)
+    db = connect_store(tmp_path / "out", read_only=True)
     rated = db.execute("SELECT event_id, period, event_time FROM rated_usage ORDER BY event_id").fetchall()
     assert [(e, p, t.astimezone(UTC).isoformat()) for e, p, t in rated] == [
         ("1.1", "2026-09", "2026-09-30T21:30:00+00:00"),
