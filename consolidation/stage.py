@@ -23,7 +23,6 @@ fixed by its id, see meterline.headers.partition_of). The loop, in order:
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -44,7 +43,8 @@ from confluent_kafka import (
 
 from consolidation.batch import STAGE, build_writable_batch
 from consolidation.checkpoint import StoreCheckpoint
-from consolidation.closing import accounts_active_in, finalize_period, refresh_previews
+from consolidation.close_control import apply_closes, publish_due_closes
+from consolidation.closing import accounts_active_in, refresh_previews
 from consolidation.dead_letters import DeadLetterSender, Undelivered
 from consolidation.errors import ConsumeErrors, StoredOffsetsPastEndError
 from consolidation.errors import FatalStageError as FatalStageError
@@ -52,7 +52,6 @@ from consolidation.maintenance import checkpoint, roll_up
 from consolidation.rejected_feed import RejectedFeed
 from consolidation.store import BillingStore, Position
 from meterline import metrics
-from meterline.catalog import period_bounds, period_start_instant
 from meterline.checkpoint import commit_checkpoint
 from meterline.config import Settings
 from meterline.dlq import max_bytes_of
@@ -68,7 +67,6 @@ from meterline.tables import ContractsTable, PeriodsTable
 # logger bound at import time would keep structlog's default console renderer).
 log = structlog.get_logger()
 
-_PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 _BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 # How often an idle loop asks the broker for metadata, to tell idle from cut off.
 IDLE_CHECK_S = 5.0
@@ -353,19 +351,10 @@ class Consolidator:
 
     def _publish_progress(self, partition: int) -> None:
         position = self._positions[partition]
-        progress = {
-            "stage": STAGE,
-            "topic": self._rated,
-            "partition": partition,
-            "through": position.next_offset - 1,
-            "counts": position.counts,
-        }
-        self._producer.produce(
-            self._topics.stats,
-            key=f"{STAGE}/{self._rated}/{partition}".encode(),
-            value=orjson.dumps(progress),
-            partition=0,
-        )
+        progress = {"stage": STAGE, "topic": self._rated, "partition": partition,
+                    "through": position.next_offset - 1, "counts": position.counts}  # fmt: skip
+        key = f"{STAGE}/{self._rated}/{partition}".encode()
+        self._producer.produce(self._topics.stats, key=key, value=orjson.dumps(progress), partition=0)
         self._producer.poll(0)
 
     # -- invoices --------------------------------------------------------------
@@ -379,37 +368,17 @@ class Consolidator:
         metrics.INVOICES.labels("open").set(self.store.count_drafts("open"))
 
     def _apply_closes(self) -> None:
-        """Finalize, for the accounts of this worker's partitions, every close published to
-        meterline.periods that is not done yet for them.
-
-        A close is done for a partition once its accounts are final; the worker that
-        completes the last partition exports the period's final invoices. A close that had
-        to leave an account open (see consolidation.closing) is not done: it runs again on
-        the next catalog change, assignment or restart, and finishes once it can.
-        """
+        """Apply the published closes to this worker's accounts (consolidation.close_control)."""
         self._closes_due = False
-        mine = sorted(self._positions)
-        if not mine or self._partition_count == 0:
+        if not self._positions or self._partition_count == 0:
             return
-        catalog = self.contracts.catalog
         self._refresh_previews()
         closes: list[tuple[str, str | None]] = [(p, None) for p in sorted(self.periods.closed_all)]
         closes += sorted(self.periods.closed_accounts)
-        every = range(self._partition_count)
-        for period, account in closes:
-            partitions = mine if account is None else [partition_of(account.encode(), len(every))]
-            if not set(partitions) <= set(mine) or self.store.close_done(period, account, partitions):
-                continue
-            if not _PERIOD.fullmatch(period):
-                log.error("close_ignored", period=period, account=account, error="not a YYYY-MM period")
-                self.store.mark_close_done(period, account, partitions)
-                continue
-            finalize_period(self.store, catalog, period, self.clock(), account, self.owns)
-            left = [a for _, a, _, _ in self.store.close_problems(period) if account in (None, a)]
-            if not left or not any(self.owns(a) for a in left):
-                self.store.mark_close_done(period, account, partitions)
-                if account is not None or self.store.close_done(period, None, every):
-                    self.store.export_final_invoices(period)
+        apply_closes(
+            self.store, self.contracts.catalog, closes, list(self._positions), self._partition_count,
+            self.owns, self.clock(),
+        )  # fmt: skip
         self._final = self.store.final_keys()
         metrics.INVOICES.labels("final").set(len(self._final))
         metrics.INVOICES.labels("open").set(self.store.count_drafts("open"))
@@ -418,34 +387,13 @@ class Consolidator:
         """Open drafts for the current period and publish closes that are due (end + grace)."""
         now = self.clock()
         catalog = self.contracts.catalog
-        grace = timedelta(seconds=self.settings.close_grace_s)
-        current = {a.period_of(now) for a in catalog.accounts.values()}
-        for period in current:
+        for period in {a.period_of(now) for a in catalog.accounts.values()}:
             self._dirty.update((a, period) for a in accounts_active_in(catalog, period))
-        for account_id, period in self.store.open_drafts():
-            if not self.owns(account_id):
-                continue
-            if period in self.periods.closed_all or (period, account_id) in self.periods.closed_accounts:
-                continue  # published already; a close left open is retried on catalog changes
-            account = catalog.accounts.get(account_id)
-            # An account the catalog lost is closed too, once its period is over in every zone:
-            # the close reports it (close_problems) instead of leaving its usage open unseen.
-            zone = account.timezone if account is not None else "Etc/GMT+12"
-            _, following = period_bounds(period)
-            end = period_start_instant(f"{following.year:04d}-{following.month:02d}", zone)
-            if now >= end + grace:
-                self._producer.produce(
-                    self._topics.periods,
-                    key=f"{period}/{account_id}".encode(),
-                    value=orjson.dumps(
-                        {
-                            "period": period,
-                            "account_id": account_id,
-                            "closed_at": now.isoformat(),
-                            "by": "auto-close",
-                        }
-                    ),
-                )
-        left = self._producer.flush(10)
-        if left:  # the next housekeeping publishes them again
-            log.error("auto_close_not_published", records=left)
+
+        def published(period: str, account_id: str) -> bool:
+            return period in self.periods.closed_all or (period, account_id) in self.periods.closed_accounts
+
+        grace = timedelta(seconds=self.settings.close_grace_s)
+        publish_due_closes(
+            self.store, catalog, published, self.owns, self._producer, self._topics.periods, grace, now
+        )

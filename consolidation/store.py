@@ -27,9 +27,9 @@ import pyarrow as pa
 import structlog
 
 from consolidation import lake
-from consolidation.files import RATED_SCHEMA, temporary_files, write_parquet_atomically
+from consolidation.files import RATED_SCHEMA, temporary_files
 from consolidation.invoice import InvoiceDraft, UsageTotal
-from consolidation.invoice_tables import DRAFT_SCHEMA, LINE_SCHEMA, draft_table, line_table
+from consolidation.invoice_tables import draft_table, line_table
 from consolidation.store_schema import (
     CLOSE_PROBLEM_SCHEMA,
     DELTA_SCHEMA,
@@ -232,7 +232,7 @@ class BillingStore:
             query += " AND account_id IN (SELECT account_id FROM wanted_accounts)"
         try:
             # Column-wise: one Arrow fetch instead of a Python tuple per row.
-            result = _as_table(self.db.sql(query, params={"period": period}).to_arrow_table())
+            result = as_table(self.db.sql(query, params={"period": period}).to_arrow_table())
         finally:
             if accounts is not None:
                 self.db.unregister("wanted_accounts")
@@ -240,12 +240,6 @@ class BillingStore:
         for row in zip(*(result.column(i).to_pylist() for i in range(8)), strict=True):
             usage.setdefault(row[0], []).append(UsageTotal(*row))
         return usage
-
-    def accounts_with_usage(self, period: str) -> list[str]:
-        rows = self.db.execute(
-            "SELECT DISTINCT account_id FROM usage_deltas WHERE period = ? ORDER BY 1", [period]
-        ).fetchall()
-        return [r[0] for r in rows]
 
     def periods_with_usage(self) -> list[str]:
         return [
@@ -335,28 +329,15 @@ class BillingStore:
         return all(p in done for p in partitions)
 
     def mark_close_done(self, period: str, account_id: str | None, partitions: Collection[int]) -> None:
-        def mark() -> None:
-            with self.transaction() as db:
-                db.executemany(
-                    "INSERT INTO closes_done VALUES (?, ?, ?)", [[period, account_id, p] for p in partitions]
-                )
+        rows = [[period, account_id, p] for p in partitions]
+        self.retrying(lambda: self._execute_in_transaction("INSERT INTO closes_done VALUES (?, ?, ?)", rows))
 
-        self.retrying(mark)
-
-    def export_final_invoices(self, period: str) -> None:
-        """Rewrite invoices/period=P/*.parquet from the final drafts of the period."""
-        folder = self.out / "invoices" / f"period={period}"
-        drafts = self.db.sql(
-            "SELECT * FROM invoice_drafts WHERE period = $period AND status = 'final' ORDER BY account_id",
-            params={"period": period},
-        ).to_arrow_table()
-        lines = self.db.sql(
-            "SELECT l.* FROM invoice_lines l JOIN invoice_drafts d USING (invoice_id) "
-            "WHERE d.period = $period AND d.status = 'final' ORDER BY l.account_id, l.line_no",
-            params={"period": period},
-        ).to_arrow_table()
-        write_parquet_atomically(_as_table(drafts).cast(DRAFT_SCHEMA), folder / "invoice_drafts.parquet")
-        write_parquet_atomically(_as_table(lines).cast(LINE_SCHEMA), folder / "invoice_lines.parquet")
+    def _execute_in_transaction(self, sql: str, parameters: Any) -> None:
+        with self.transaction() as db:
+            if isinstance(parameters, list):
+                db.executemany(sql, parameters)
+            else:
+                db.execute(sql, parameters)
 
     # -- accounts a close could not finalize -----------------------------------
 
@@ -392,16 +373,11 @@ class BillingStore:
 
     def resolve_close_problems(self, period: str) -> None:
         """Forget the problems of accounts whose draft of `period` is final now."""
-
-        def resolve() -> None:
-            with self.transaction() as db:
-                db.execute(
-                    """DELETE FROM close_problems WHERE period = ? AND account_id IN
-                       (SELECT account_id FROM invoice_drafts WHERE period = ? AND status = 'final')""",
-                    [period, period],
-                )
-
-        self.retrying(resolve)
+        self.retrying(lambda: self._execute_in_transaction(
+            """DELETE FROM close_problems WHERE period = $period AND account_id IN
+               (SELECT account_id FROM invoice_drafts WHERE period = $period AND status = 'final')""",
+            {"period": period},
+        ))  # fmt: skip
 
     def close_problems(self, period: str | None = None) -> list[tuple[str, str, str, str]]:
         """(period, account_id, reason, detail) of accounts with usage that a close could not
@@ -414,5 +390,5 @@ class BillingStore:
         return [(p, a, r, d) for p, a, r, d in rows]
 
 
-def _as_table(result: Any) -> pa.Table:
+def as_table(result: Any) -> pa.Table:
     return result.read_all() if hasattr(result, "read_all") else result

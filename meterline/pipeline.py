@@ -23,6 +23,7 @@ from typing import IO, Final
 
 import orjson
 
+from consolidation.close_control import export_final_invoices
 from consolidation.closing import accounts_active_in, finalize_period, reconcile_amounts, refresh_previews
 from consolidation.currency import minor_units
 from consolidation.lake import CATALOG_FILE, DATA_DIR
@@ -305,7 +306,7 @@ def _finish(
             if close_all:  # closing builds every draft of the period itself
                 finalize_period(store, catalog, period, now)
                 store.mark_close_done(period, None, range(settings.partitions))
-                store.export_final_invoices(period)
+                export_final_invoices(store, period)
                 publish_close(settings, period)
             else:
                 active = accounts_active_in(catalog, period)

@@ -87,7 +87,7 @@ def store(tmp_path: Path) -> Iterator[BillingStore]:
 def quick_stall() -> Iterator[float]:
     """HEALTH with a short stall limit, started as a worker's would be; restored afterwards."""
     saved = (HEALTH.stall_s, HEALTH.stage, HEALTH.started, HEALTH.fatal)
-    HEALTH.stall_s = 1.0
+    HEALTH.stall_s = 2.0
     HEALTH.start("consolidation")
     yield HEALTH.stall_s
     HEALTH.stall_s, HEALTH.stage, HEALTH.started, HEALTH.fatal = saved
@@ -115,7 +115,7 @@ def test_a_close_longer_than_the_stall_limit_keeps_healthz_green(
         done.set()
         poller.join()
     took = time.monotonic() - started
-    assert took > 2 * quick_stall, f"the close took {took:.2f}s: too short to show anything"
+    assert took > quick_stall, f"the close took {took:.2f}s: too short to show anything"
     assert len(answers) > 20
     assert [a for a in answers if not a[0]] == []
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from consolidation.checkpoint import StoreCheckpoint
+from consolidation.close_control import export_final_invoices
 from consolidation.closing import finalize_period, refresh_previews
 from consolidation.files import RatedRows
 from consolidation.lake import ALIAS
@@ -149,7 +150,7 @@ def test_previews_then_final_are_idempotent_and_exported(store: BillingStore) ->
     assert {r[10] for r in first} == {"final"}
     assert finalize_period(store, catalog, "2026-09", NOW) == 0  # a repeated close changes nothing
     assert store.db.execute("SELECT * FROM invoice_drafts ORDER BY ALL").fetchall() == first
-    store.export_final_invoices("2026-09")
+    export_final_invoices(store, "2026-09")
     exported = pq.read_table(store.out / "invoices" / "period=2026-09" / "invoice_drafts.parquet")
     assert exported.num_rows == len(first)
     lines = store.db.execute("SELECT count(*) FROM invoice_lines").fetchone()
