@@ -9,7 +9,6 @@ reaching the terminal, and a broker that does not answer is one
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -70,18 +69,20 @@ def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT_S) -> N
 
 
 def plain_producer(
-    settings: Settings,
-    errors: ClientErrors,
-    on_failure: Callable[[KafkaError | None, Message | None], None],
-    **ours: Any,
+    settings: Settings, errors: ClientErrors, failures: list[KafkaError], **ours: Any
 ) -> Producer:
     """A quiet idempotent producer without transactions; `ours` under the user's `[kafka]`.
 
-    Only failed deliveries reach `on_failure`: a Python callback per delivered record
-    costs as much as producing it.
+    Each failed delivery's error is appended to `failures`. Only failures are reported:
+    a Python callback per delivered record costs as much as producing it.
     """
+
+    def failed(error: KafkaError | None, _: Message | None) -> None:
+        if error is not None:
+            failures.append(error)
+
     config = {**plain_producer_config(settings.bootstrap_servers, settings.kafka), **ours, **settings.kafka}
-    return Producer(quiet({**config, "on_delivery": on_failure, "delivery.report.only.error": True}, errors))
+    return Producer(quiet({**config, "on_delivery": failed, "delivery.report.only.error": True}, errors))
 
 
 def transactional_producer(settings: Settings, errors: ClientErrors, name: str) -> Producer:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Final, NoReturn
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -219,13 +219,8 @@ def produce_inputs(
     """
     check_reachable(settings)
     failures: list[KafkaError] = []
-
-    def delivered(error: KafkaError | None, _: Any) -> None:
-        if error is not None:
-            failures.append(error)
-
     errors = ClientErrors()
-    producer = plain_producer(settings, errors, delivered)
+    producer = plain_producer(settings, errors, failures)
     topic = topic or settings.topics.name(settings.raw_topics[0].name)
     max_bytes = max_bytes_of(settings.kafka)
 
@@ -349,14 +344,9 @@ def publish_close(settings: Settings, period: str, account_id: str | None = None
         raise InputError("--account must not be empty")
     create_topics(settings)
     failures: list[KafkaError] = []
-
-    def delivered(error: KafkaError | None, _: Any) -> None:
-        if error is not None:
-            failures.append(error)
-
     errors = ClientErrors()
     producer = plain_producer(
-        settings, errors, delivered, **{"message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000)}
+        settings, errors, failures, **{"message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000)}
     )
     key = f"{period}/{account_id}" if account_id else period
     value = {
