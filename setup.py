@@ -25,6 +25,7 @@ COMPILED = [
     "meterline/catalog.py",
     "meterline/lineage.py",
     "meterline/messages.py",
+    "meterline/kafka_checkpoint.py",  # the Kafka stages' commit steps (a produce per output)
     "meterline/rebalance.py",  # the rebalance callbacks, split out of the runtime
     "meterline/records.py",
     "meterline/restore.py",  # the changelog restore loop, split out of the runtime

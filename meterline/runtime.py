@@ -5,7 +5,8 @@ One loop, one commit path, in numbered steps:
     1. consume a batch (read_committed)
     2. drop replayed upstream records (lineage guard, see meterline.lineage)
     3. transform it: the stage's pure `process()`
-    4. in one transaction: outputs + DLQ records, changelog (state) records,
+    4. the checkpoint, one Kafka transaction (meterline.checkpoint's numbered steps,
+       meterline.kafka_checkpoint): outputs + DLQ records, changelog (state) records,
        per-partition progress (stats), consumer offsets; commit
     5. on failure: abort, restore state, rewind; then replay the batch, split it,
        or dead-letter its one record (meterline.isolation decides)
@@ -35,10 +36,12 @@ import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from meterline import metrics
+from meterline.checkpoint import Failure, commit_checkpoint
 from meterline.config import Settings
 from meterline.dlq import TRUNCATED_HEADER, dead_letter, max_bytes_of
 from meterline.health import HEALTH
 from meterline.isolation import DEAD_LETTER, REPLAY, Isolation
+from meterline.kafka_checkpoint import KafkaCheckpoint
 from meterline.kafka_config import consumer_config
 from meterline.kafka_errors import FatalKafkaError, consumer_failure, describe, error_of
 from meterline.lineage import LINEAGE_HEADER
@@ -49,9 +52,8 @@ from meterline.messages import BatchResult as BatchResult
 from meterline.messages import InputRecord, Processor, input_records
 from meterline.reasons import INTERNAL_ERROR
 from meterline.rebalance import Rebalance
-from meterline.restore import THROUGH_HEADER, Partitions
-from meterline.topics import changelog_topic
-from meterline.transaction import Failure, Transactions
+from meterline.restore import Partitions
+from meterline.transaction import Transactions
 
 log = structlog.get_logger()
 
@@ -248,45 +250,14 @@ class StageRunner:
                 metrics.CONSUMER_LAG.labels(self.stage, topic, str(partition)).set(max(high - position, 0))
 
     def _commit(self, result: BatchResult, next_offsets: dict[TP, int]) -> Failure | None:
-        """One transaction for one batch: None once committed, else why it was aborted."""
+        """One transaction for one batch (meterline.checkpoint's steps): None once committed,
+        else why it was aborted."""
         assert self._txn is not None and self._consumer is not None
-        txn = self._txn
-        producer = txn.producer
-        try:
-            # 1. begin
-            producer.begin_transaction()
-            # 2. outputs and DLQ records
-            produce = producer.produce
-            for out in result.outputs:
-                # _produce inlined for the common case (a Python call per record is measurable);
-                # it still handles a full local queue.
-                try:
-                    produce(out.topic, out.value, out.key, -1 if out.partition is None else out.partition,
-                            headers=out.headers)  # fmt: skip
-                except BufferError:
-                    txn.produce(out.topic, out.value, out.key, out.partition, out.headers)
-            # 3. state changes, into the changelog partition of their input partition
-            for tp, entries in result.changelog.items():
-                topic = changelog_topic(tp[0], self.stage)
-                through = [(THROUGH_HEADER, str(next_offsets[tp] - 1).encode())]
-                for key, value in entries:
-                    txn.produce(topic, value, key, tp[1], through)
-            # 4. per-partition progress: lineage and counts (changelog), counts (stats topic)
-            for tp, offset in next_offsets.items():
-                self._write_meta(tp, offset - 1)
-            # 5. the consumed offsets, in the same transaction
-            offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items() if (t, p) in self._meta]
-            txn.send_offsets(offsets, self._consumer.consumer_group_metadata())
-            # 6. commit
-            committed = time.perf_counter()
-            txn.commit()
-            metrics.COMMIT_SECONDS.labels(self.stage).observe(time.perf_counter() - committed)
-        except KafkaException as exc:
-            # 7. abort (or replace a fenced producer); the caller restores and rewinds
-            return txn.abort(error_of(exc))
-        except (TypeError, ValueError) as exc:  # an output the client refuses (a str value, say)
-            return txn.abort(None, f"{type(exc).__name__}: {exc}")
-        return None
+        checkpoint = KafkaCheckpoint(
+            self._txn, self.stage, result, next_offsets, self._meta, self._partitions.meta_records,
+            self._consumer.consumer_group_metadata(),
+        )  # fmt: skip
+        return commit_checkpoint(checkpoint)
 
     def _after_failure(
         self, records: list[InputRecord], next_offsets: dict[TP, int], failure: Failure, split: bool

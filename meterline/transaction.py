@@ -18,6 +18,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from meterline import metrics
+from meterline.checkpoint import Failure
 from meterline.config import Settings
 from meterline.health import HEALTH
 from meterline.kafka_config import transactional_producer_config
@@ -36,9 +37,6 @@ from meterline.kafka_errors import (
 RETRY_WINDOW_S: Final = 45.0
 CALL_TIMEOUT_S: Final = 10.0
 
-# What an aborted transaction leaves to decide on: the error, and whether the broker
-# looked unreachable (nobody's record's fault) rather than the batch at fault.
-Failure = tuple[str, bool]
 
 
 class Transactions:
