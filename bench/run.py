@@ -291,7 +291,8 @@ def main() -> None:
 STAGE_BENCHES = [
     "bench.bench_mediation --events 1000000",
     "bench.bench_rating --events 1000000 --accounts 1000 --partitions 12 --record",
-    "bench.bench_consolidation --events 1000000 --accounts 1000 --close-accounts 100000",
+    "bench.bench_consolidation --events 1000000 --accounts 1000",
+    "bench.bench_store --close-accounts 100000 --rows 1000000",
     "bench.bench_dedup --keys 5000000",
 ]
 
