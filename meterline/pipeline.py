@@ -51,7 +51,8 @@ class OutputExists(UserError):
 # What a run writes into --out: the billing store, its Parquet datasets, the workers'
 # logs and the invoice site. Only these are ever removed by --overwrite.
 OUTPUTS: Final = (
-    CATALOG_FILE, DATA_DIR, "invoices", "logs", "site", "rejected", REJECTED_FILE,
+    CATALOG_FILE, f"{CATALOG_FILE}-wal", f"{CATALOG_FILE}-shm", DATA_DIR, "invoices", "logs", "site",
+    "rejected", REJECTED_FILE,
 )  # fmt: skip
 
 

@@ -11,12 +11,12 @@ from meterline.pipeline import OUTPUTS, OutputExists, earlier_outputs, prepare_o
 
 
 def _earlier_run(out: Path) -> None:
-    (out / "rated_usage" / "period=2026-09").mkdir(parents=True)
-    (out / "rated_usage" / "period=2026-09" / "part-000-0-9.parquet").write_bytes(b"PAR1")
+    (out / "data" / "main" / "rated_usage" / "period=2026-09").mkdir(parents=True)
+    (out / "data" / "main" / "rated_usage" / "period=2026-09" / "ducklake-1.parquet").write_bytes(b"PAR1")
     (out / "invoices").mkdir()
     (out / "logs").mkdir()
     (out / "logs" / "mediation.log").write_text("{}")
-    (out / "billing.duckdb").write_bytes(b"db")
+    (out / "billing.sqlite").write_bytes(b"db")
 
 
 def test_an_empty_or_new_folder_is_ready(tmp_path: Path) -> None:
@@ -34,12 +34,12 @@ def test_earlier_outputs_are_refused(tmp_path: Path) -> None:
         prepare_out(tmp_path, overwrite=False)
     message = str(refused.value)
     assert "holds the outputs of an earlier run" in message
-    assert "billing.duckdb" in message and "--overwrite" in message and "another --out" in message
-    assert (tmp_path / "billing.duckdb").exists()
+    assert "billing.sqlite" in message and "--overwrite" in message and "another --out" in message
+    assert (tmp_path / "billing.sqlite").exists()
 
 
 def test_a_lone_database_counts_as_an_earlier_run(tmp_path: Path) -> None:
-    (tmp_path / "billing.duckdb").write_bytes(b"db")
+    (tmp_path / "billing.sqlite").write_bytes(b"db")
     with pytest.raises(OutputExists):
         prepare_out(tmp_path, overwrite=False)
 
@@ -67,4 +67,4 @@ def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_outputs_name_what_the_store_writes() -> None:
-    assert {"billing.duckdb", "rated_usage", "invoices", "logs"} <= set(OUTPUTS)
+    assert {"billing.sqlite", "billing.sqlite-wal", "data", "invoices", "logs"} <= set(OUTPUTS)
