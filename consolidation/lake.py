@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import re
 import sqlite3
 import time
 from datetime import datetime
@@ -62,6 +63,18 @@ _EXTENSIONS: Final = {
 
 class StoreMissingError(Exception):
     """A reader asked for a store that does not exist (yet)."""
+
+
+class StoreOpenError(Exception):
+    """The store could not be attached (the message never holds a password)."""
+
+
+_PASSWORD = re.compile(r"(password\s*=\s*)([^\s\"']+)", re.IGNORECASE)
+
+
+def _redacted(text: str) -> str:
+    """DuckDB repeats the catalog spec in its errors: its password must not reach a log."""
+    return _PASSWORD.sub(r"\1***", text)
 
 
 def load_extensions(db: duckdb.DuckDBPyConnection, names: tuple[str, ...]) -> None:
@@ -128,6 +141,13 @@ def connect(
         if not read_only:
             for statement in _RETRY_SETTINGS:
                 db.execute(statement)
+    except duckdb.Error as exc:
+        db.close()
+        text = _redacted(str(exc))
+        if read_only and "explicitly disabled" in text:  # an empty database catalog
+            where = catalog_uri(folder, _redacted(catalog))
+            raise StoreMissingError(f"{where} holds no billing store") from None
+        raise StoreOpenError(f"cannot open the billing store: {text}") from None
     except BaseException:
         db.close()
         raise

@@ -13,6 +13,7 @@ view summing `usage_deltas`; store maintenance rolls the deltas up.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Final
 
 import duckdb
@@ -146,5 +147,6 @@ def create_missing(db: duckdb.DuckDBPyConnection) -> None:
             db.execute(USAGE_TOTALS_VIEW)
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        with suppress(duckdb.Error):  # a failed COMMIT has ended the transaction already
+            db.execute("ROLLBACK")
         raise

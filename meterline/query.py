@@ -80,10 +80,10 @@ def open_store(out: Path, catalog: str, at: datetime | None) -> duckdb.DuckDBPyC
         raise UserError(
             f"{out}: no billing store here (no {lake.CATALOG_FILE}); run the pipeline first or pass --out"
         ) from None
-    except duckdb.Error as exc:
+    except lake.StoreOpenError as exc:
         if at is not None and "snapshot" in str(exc).lower():
             raise UserError(_before_history(out, catalog, at)) from None
-        raise CommandFailed(f"cannot open the billing store in {out}: {_first_line(exc)}") from None
+        raise CommandFailed(f"{out}: {_first_line(exc)}") from None
     # Times print in UTC whatever the machine's zone, as the pipeline keeps them.
     db.execute("SET TimeZone = 'UTC'")
     return db
@@ -93,7 +93,7 @@ def _before_history(out: Path, catalog: str, at: datetime) -> str:
     text = f"--at {at.isoformat()}: the store has no snapshot that early"
     try:
         db = lake.connect(out, catalog=catalog, read_only=True)
-    except duckdb.Error:
+    except (lake.StoreOpenError, lake.StoreMissingError):
         return text
     try:
         row = db.execute(f"SELECT min(snapshot_time) FROM ducklake_snapshots('{lake.ALIAS}')").fetchone()

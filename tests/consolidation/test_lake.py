@@ -266,3 +266,11 @@ def test_postgres_catalog_isolates_readers_and_keeps_snapshots(
 ) -> None:
     _check_isolation(tmp_path / "isolation", postgres.create_database("lake_isolation"))
     _check_snapshots(tmp_path / "snapshots", postgres.create_database("lake_snapshots"))
+
+
+def test_a_store_that_cannot_be_opened_says_so_without_the_password(tmp_path: Path) -> None:
+    spec = "postgres:dbname=nowhere host=127.0.0.1 port=1 user=meterline password=topsecret"
+    with pytest.raises(lake.StoreOpenError) as failed:
+        lake.connect(tmp_path, catalog=spec)
+    assert "cannot open the billing store" in str(failed.value)
+    assert "topsecret" not in str(failed.value) and "password=***" in str(failed.value)
