@@ -66,9 +66,9 @@ from bench.common import (
 from consolidation import lake
 from consolidation.closing import reconcile_amounts
 from consolidation.store import BillingStore
+from generator import generate_catalog, generate_events
 from meterline.broker import EmbeddedBroker
 from meterline.config import Settings
-from meterline.generate import generate_catalog, generate_events
 from meterline.pipeline import Workers
 from meterline.progress import StatsReader, Totals
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from bench.baselines import plain_loop_alone
 from bench.common import BenchmarkFailed, add_runs_option, keyed_workers, ratio_rows, record, spread
+from generator import planned_counts
 from meterline.broker import EmbeddedBroker
 from meterline.config import Settings
-from meterline.generate import planned_counts
 from meterline.pipeline import Workers
 from meterline.progress import StatsReader, Totals
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog

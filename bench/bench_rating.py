@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_rating [--events N] [--runs 3] [--record]
 
-1. Prepare once: generate a catalog and N raw events (meterline.generate mixes
+1. Prepare once: generate a catalog and N raw events (generator mixes
    every pricing model: graduated, flat with attribute and time-of-day filters,
    volume over unique_count, package, per-minute voice), run mediation to
    completion on a broker, and keep the mediated topic (read_committed, after the
@@ -43,9 +43,9 @@ from bench.common import (
     replay,
     spread,
 )
+from generator import planned_counts
 from meterline.broker import EmbeddedBroker
 from meterline.config import Settings
-from meterline.generate import planned_counts
 from meterline.pipeline import Workers
 from meterline.progress import StatsReader, Totals
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = (
         f"One `meterline rating` process, exactly-once (transactions + changelog), embedded broker "
         f"(Tansu), {args.partitions} partitions, {args.events:,} generated events → {len(mediated):,} "
-        "mediated (every pricing model of meterline.generate), rated from a prepared mediated topic. "
+        "mediated (every pricing model of generator), rated from a prepared mediated topic. "
         f"Every run checked rated + rejected == mediated ({runs[0].rated:,} + {runs[0].rejected:,}), "
         "rated == the planned valid events, each event once on the rated topic. The plain loop runs "
         "over the same raw events after each rating run, on a broker of its own."

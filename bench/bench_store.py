@@ -47,9 +47,9 @@ from consolidation.close_control import export_final_invoices
 from consolidation.closing import accounts_active_in, finalize_period, reconcile_amounts
 from consolidation.maintenance import checkpoint, roll_up
 from consolidation.store import RATED_SCHEMA, BillingStore, Delta, Position
+from generator import generate_catalog
 from meterline.catalog import Catalog, period_bounds
 from meterline.catalog_file import parse_catalog
-from meterline.generate import generate_catalog
 from meterline.headers import partition_of
 from meterline.records import invoice_id_for
 from meterline.topics import RATED

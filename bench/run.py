@@ -39,9 +39,9 @@ from bench.baselines import plain_loop_rate, raw_rates
 from bench.common import BenchmarkFailed, keyed_workers, record, spread
 from bench.reference import reference_totals
 from consolidation.lake import connect as connect_store
+from generator import planned_counts
 from mediation.formats import account_of
 from meterline.broker import EmbeddedBroker
-from meterline.generate import planned_counts
 from meterline.publish import FORMAT_HEADER, InputFile, publish_catalog, read_records
 from meterline.topics import RATED, RAW
 from schemas.binary import Reader

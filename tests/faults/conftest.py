@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from meterline.generate import generate_catalog, generate_events
+from generator import generate_catalog, generate_events
 from meterline.publish import InputFile
 from tests.faults.compare import reference_run
 from tests.faults.harness import EVENTS, KILL_EVENTS, MONTH, StallableBroker

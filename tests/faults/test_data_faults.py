@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from meterline.generate import generate_events
+from generator import generate_events
 from meterline.publish import InputFile
 from tests.faults.compare import compare_outputs, fail, reconciliation_problems
 from tests.faults.conftest import Stream

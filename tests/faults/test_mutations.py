@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from meterline.generate import generate_catalog, generate_events
+from generator import generate_catalog, generate_events
 from meterline.reasons import REASONS
 from tests.faults.garbage import FORMATS, MAX_RECORD_BYTES, ONE_MB, Hostile
 from tests.faults.harness import MONTH

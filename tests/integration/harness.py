@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 
 from consolidation.lake import connect as connect_store
+from generator import generate_catalog, generate_events
 from meterline.broker import EmbeddedBroker
 from meterline.config import Settings
-from meterline.generate import generate_catalog, generate_events
 from meterline.pipeline import Workers
 from meterline.progress import StatsReader, Totals, drained
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from generator import planned_counts
 from meterline.broker import EmbeddedBroker
-from meterline.generate import planned_counts
 from meterline.lineage import LINEAGE_HEADER
 from meterline.progress import Totals
 from meterline.topics import RATED
@@ -53,7 +53,7 @@ def _dataset(folder: Path, events: int, seed: int) -> Dataset:
     catalog, stream = write_dataset(folder, accounts=60, events=events, seed=seed)
     reference = folder / "reference"
     run_reference(catalog, stream, reference)
-    # Every valid generated event is rated (meterline.generate.planned_counts).
+    # Every valid generated event is rated (generator.planned_counts).
     return catalog, stream, reference, planned_counts(events)["valid"]
 
 
