@@ -27,6 +27,7 @@ from consolidation.store_schema import DELTA_SCHEMA, column_list
 log = structlog.get_logger()
 
 _KEY = "account_id, period, charge_id, meter, contract_id"
+FILE_GRACE = "1 day"
 
 
 def roll_up(store: BillingStore, topic: str, partitions: Collection[int]) -> None:
@@ -73,7 +74,12 @@ def checkpoint(store: BillingStore, history_days: int) -> bool:
     this turn (True when it ran)."""
     db = store.db
     try:
-        db.execute(f"CALL {_catalog(db)}.set_option('expire_older_than', '{int(history_days)} days')")
+        catalog = _catalog(db)
+        db.execute(f"CALL {catalog}.set_option('expire_older_than', '{int(history_days)} days')")
+        # Unreferenced files are deleted only once this old: a file another worker has just
+        # written for its open transaction looks orphaned, and a long read may still scan a
+        # file a merge replaced.
+        db.execute(f"CALL {catalog}.set_option('delete_older_than', '{FILE_GRACE}')")
         db.execute("CHECKPOINT")
     except duckdb.Error as exc:
         if not is_conflict(exc):

@@ -205,10 +205,14 @@ def test_consolidator_killed_three_times_gives_the_same_invoices(
             pipeline.start("consolidation")
         assert kills[0] < rated * 0.9, "the first kill must land before the stream is done"
         totals = pipeline.wait_drained()
-        # Close the period as `meterline close` does; the worker finalizes it. Kill it right
-        # after the close is published, restart, and let it finish the close.
+        # Close the period as `meterline close` does; the worker finalizes it. Kill it as soon
+        # as the live store shows its first final draft, restart, and let it finish the close.
         publish_close(pipeline.settings, PERIOD)
-        time.sleep(0.5)
+        final = "SELECT count(*) FROM invoice_drafts WHERE status = 'final'"
+        deadline = time.monotonic() + 60
+        while table(out, final) == [(0,)]:
+            assert time.monotonic() < deadline, "the worker did not start the close"
+            time.sleep(0.05)
         pipeline.kill("consolidation")
         pipeline.start("consolidation")
         exported = out / "invoices" / f"period={PERIOD}" / "invoice_lines.parquet"
@@ -271,6 +275,18 @@ def _check_previews(out: Path) -> dict[str, tuple[Any, ...]]:
     return drafts
 
 
+def _previews_within(out: Path, seconds: float) -> dict[str, tuple[Any, ...]]:
+    """Read the live store until every preview reflects the stored usage (at most `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return _check_previews(out)
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
+
+
 def test_open_drafts_are_refreshed_within_the_preview_interval(
     dataset: tuple[Path, Path],
     reference: tuple[Path, dict[str, int]],
@@ -287,18 +303,16 @@ def test_open_drafts_are_refreshed_within_the_preview_interval(
         pipeline.publish(catalog, first)
         pipeline.start("mediation", "rating", "consolidation")
         pipeline.wait_drained()
-        # SIGKILL, not SIGTERM: a clean stop refreshes the previews itself, a kill shows what
-        # the running worker had already written.
-        time.sleep(interval + 2)
+        # Read while the worker runs (the store is live); then SIGKILL, not SIGTERM: a clean
+        # stop refreshes the previews itself, a kill keeps what the worker had written.
+        early = _previews_within(out, interval + 5)
         pipeline.kill("consolidation")
-        early = _check_previews(out)
 
         pipeline.start("consolidation")
         pipeline.published += produce_inputs(pipeline.settings, [InputFile(second, "json")])
         pipeline.wait_drained()
-        time.sleep(interval + 2)
+        late = _previews_within(out, interval + 5)
         pipeline.kill("consolidation")
-        late = _check_previews(out)
     finally:
         pipeline.stop()
     grown = [a for a in early if a in late and late[a][1] > early[a][1]]
