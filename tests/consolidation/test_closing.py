@@ -87,7 +87,7 @@ def store(tmp_path: Path) -> Iterator[BillingStore]:
 def quick_stall() -> Iterator[float]:
     """HEALTH with a short stall limit, started as a worker's would be; restored afterwards."""
     saved = (HEALTH.stall_s, HEALTH.stage, HEALTH.started, HEALTH.fatal)
-    HEALTH.stall_s = 2.0
+    HEALTH.stall_s = 3.0
     HEALTH.start("consolidation")
     yield HEALTH.stall_s
     HEALTH.stall_s, HEALTH.stage, HEALTH.started, HEALTH.fatal = saved
