@@ -133,6 +133,7 @@ class Account:
     contracts: tuple[Contract, ...]  # sorted by start, never overlapping
     tax_rate: Decimal | None = None  # percent
     net_terms_days: int = 30
+    locale: str = "en"  # Babel locale of the account's invoice pages (amounts, dates)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -59,7 +59,18 @@ class AccountBuilder(ValueReader):
             if tax_rate is not None
             else None,
             net_terms_days=self.net_terms_days((*path, "net_terms_days"), spec.get("net_terms_days", "30")),
+            locale=self.locale((*path, "locale"), spec.get("locale", "en")),
         )
+
+    def locale(self, path: DocPath, text: str) -> str:
+        """A locale Babel knows (`de`, `en_US`, `en-US`), as its canonical name."""
+        # Imported here: only catalogs read for invoice pages need Babel's locale data.
+        from babel import Locale, UnknownLocaleError
+
+        try:
+            return str(Locale.parse(text.replace("-", "_")))
+        except (UnknownLocaleError, ValueError):
+            self.fail(path, f"unknown locale {json.dumps(text)} (e.g. en, de, en_US, fr_CH)")
 
     def net_terms_days(self, path: DocPath, text: str) -> int:
         days = int(text)  # the schema guarantees digits

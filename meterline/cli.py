@@ -156,6 +156,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return _query(args)
     if command == "broker":
         return _broker(args)
+    if command == "site":
+        from invoice_site.cli import command as site_command
+
+        return site_command(args)
     raise UsageError(f"unknown command {command!r}")
 
 

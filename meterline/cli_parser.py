@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_replay_parser(sub, _kafka_options)
 
+    from invoice_site.cli import add_parser as add_site_parser
+
+    add_site_parser(sub)
+
     query = sub.add_parser(
         "query",
         help="DuckDB SQL over the billing store, also while the workers run",
