@@ -67,10 +67,17 @@ class AccountBuilder(ValueReader):
         # Imported here: only catalogs read for invoice pages need Babel's locale data.
         from babel import Locale, UnknownLocaleError
 
+        given = text.replace("-", "_")
         try:
-            return str(Locale.parse(text.replace("-", "_")))
+            locale = Locale.parse(given)
         except (UnknownLocaleError, ValueError):
+            locale = None
+        # Babel maps an unknown region to a likely one (en_ZZ -> en_US): refuse it instead.
+        parts = given.split("_")
+        region = parts[-1].upper() if len(parts) > 1 and len(parts[-1]) in (2, 3) else None
+        if locale is None or (region is not None and locale.territory != region):
             self.fail(path, f"unknown locale {json.dumps(text)} (e.g. en, de, en_US, fr_CH)")
+        return str(locale)
 
     def net_terms_days(self, path: DocPath, text: str) -> int:
         days = int(text)  # the schema guarantees digits
