@@ -23,7 +23,7 @@ demo: $(NATIVE)
 	$(BIN)/meterline demo --out meterline-out
 
 lint: $(STAMP)
-	$(BIN)/ruff check meterline mediation rating consolidation schemas generator tests bench setup.py
+	$(BIN)/ruff check meterline mediation rating consolidation schemas generator invoice_site tests bench setup.py
 	$(BIN)/mypy
 
 # Three test processes on two cores: integration tests mostly wait on the broker

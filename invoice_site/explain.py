@@ -109,7 +109,9 @@ def _usage(line: Line, draft: Draft, charges: dict[str, tuple[Plan, Charge]], fm
     if charge.model == "flat" and charge.unit_price is not None:
         said.append(f"{fmt.number(billable)} {unit} × {fmt.exact(charge.unit_price)} = {fmt.exact(exact)}.")
     elif charge.model == "package" and charge.package_size and charge.package_price is not None:
-        packages = -(-billable // charge.package_size)
+        packages, remainder = divmod(billable, charge.package_size)  # billable >= 0: no sign trouble
+        if remainder:
+            packages += 1
         said.append(
             f"{fmt.number(billable)} {unit} in packages of {fmt.number(charge.package_size)}: "
             f"{fmt.number(packages)} × {fmt.exact(charge.package_price)} = {fmt.exact(exact)}."

@@ -4,6 +4,8 @@ largest rated events behind each usage line. Every catalog and event string is e
 from __future__ import annotations
 
 from datetime import UTC
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Final
 
 from invoice_site.chart import daily_chart, daily_values
 from invoice_site.explain import Explanation, charge_index, explain_line, time_band_windows
@@ -15,6 +17,9 @@ from meterline.catalog import zone as zone_of
 from rating.charges import in_window
 
 __all__ = ["account_label", "invoice_body", "invoice_document", "status_text"]
+
+# Meter units whose event quantities are durations: seconds per unit.
+_SECONDS: Final = {"second": 1, "s": 1, "minute": 60, "min": 60, "hour": 3600, "h": 3600}
 
 
 def account_label(account_id: str, account: Account | None) -> str:
@@ -172,7 +177,8 @@ def _events_table(line: Line, events: list[RatedEvent], peak: list[Charge], zone
     head = ["Event", "Time"]
     if has_destination:
         head.append("Destination")
-    head.append(f"Quantity ({unit})" if unit else "Quantity")
+    seconds = _SECONDS.get(unit)
+    head.append("Duration" if seconds is not None else f"Quantity ({unit})" if unit else "Quantity")
     if rounded:
         head.append("Billed quantity")
     if peak:
@@ -180,7 +186,7 @@ def _events_table(line: Line, events: list[RatedEvent], peak: list[Charge], zone
     if others:
         head.append("Attributes")
     head.append("Amount")
-    numeric = {f"Quantity ({unit})", "Quantity", "Billed quantity", "Amount"}
+    numeric = {"Duration", f"Quantity ({unit})", "Quantity", "Billed quantity", "Amount"}
     rows = []
     for ev in events:
         cells = [
@@ -189,7 +195,8 @@ def _events_table(line: Line, events: list[RatedEvent], peak: list[Charge], zone
         ]
         if has_destination:
             cells.append(f"<td>{e(ev.attributes.get('destination', ''))}</td>")
-        cells.append(f'<td class="num">{e(fmt.number(ev.quantity))}</td>')
+        shown = fmt.number(ev.quantity) if seconds is None else _duration(ev.quantity * seconds)
+        cells.append(f'<td class="num">{e(shown)}</td>')
         if rounded:
             cells.append(f'<td class="num">{e(fmt.number(ev.rated_quantity))}</td>')
         if peak:
@@ -201,7 +208,7 @@ def _events_table(line: Line, events: list[RatedEvent], peak: list[Charge], zone
         rows.append("<tr>" + "".join(cells) + "</tr>")
     header = "".join(f'<th scope="col"{" class=num" if h in numeric else ""}>{e(h)}</th>' for h in head)
     return (
-        f'<h3>{e(line.description)}</h3><div class="scroll"><table class="events">'
+        f'<h3>Line {line.line_no}: {e(line.description)}</h3><div class="scroll"><table class="events">'
         f"<caption>{_largest(len(events))} of line {line.line_no}</caption>"
         f"<thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
@@ -215,6 +222,14 @@ def _band(event: RatedEvent, peak: list[Charge], zone: str) -> str:
         if window is not None and in_window(window, local):
             return "peak"
     return "off-peak"
+
+
+def _duration(seconds: Decimal) -> str:
+    """h:mm:ss or m:ss, to the nearest second (the billed quantity beside it is exact)."""
+    total = int(seconds.to_integral_value(rounding=ROUND_HALF_UP))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _largest(count: int) -> str:

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from invoice_site.model import AccountSite, DailyUsage, Draft, Invoice, Line, RatedEvent
 
-__all__ = ["TOP_EVENTS", "account_ids", "read_accounts"]
+__all__ = ["TOP_EVENTS", "read_accounts"]
 
 # Rated events shown behind each usage line.
 TOP_EVENTS: Final = 5
@@ -32,11 +32,6 @@ def _account_filter(accounts: Collection[str] | None) -> tuple[str, list[Any]]:
     if accounts is None:
         return "", []
     return "WHERE account_id IN (SELECT unnest($1::VARCHAR[]))", [sorted(accounts)]
-
-
-def account_ids(db: duckdb.DuckDBPyConnection) -> set[str]:
-    """Every account with a draft in the store."""
-    return {row[0] for row in db.execute("SELECT DISTINCT account_id FROM invoice_drafts").fetchall()}
 
 
 def read_accounts(

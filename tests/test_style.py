@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("meterline", "mediation", "rating", "consolidation", "schemas", "generator")
+PACKAGES = ("meterline", "mediation", "rating", "consolidation", "schemas", "generator", "invoice_site")
 MAX_LINES = 400
 
 
