@@ -4,34 +4,27 @@
                                                   [--setups 1,2,1+reader] [--profile] [--no-record]
 
 Prepared once: a generated month of SaaS and telecom usage goes through mediation
-and rating on the embedded broker (4 partitions) until everything is rated, and
-the rated topic (read_committed, after the lineage guard) is kept in memory. Each
-run of a setup: a fresh broker gets the catalog and those rated records (same
-partitions, same headers), then the setup's `meterline consolidation` workers
-start at once on one new billing store (DuckLake, SQLite catalog), in one consumer
-group with distinct instance ids, and are timed until their progress records
-(meterline.stats, StatsReader) show every rated record stored. Setups:
-- `1`: one worker alone;
-- `2`: two workers, each owning the partitions the group gives it;
-- `1+reader`: one worker, and a reader process that keeps one read-only
-  connection (consolidation.lake) open and queries the store every second
-  (--reader DIR): rated_usage, usage_totals and invoice_drafts in
-  one statement; checked: every answer shows whole batches (rated rows = counted
-  events).
+and rating on the embedded broker (4 partitions) until everything is rated; the
+rated topic (read_committed, after the lineage guard) is kept in memory. Each run
+of a setup: a fresh broker gets the catalog and those rated records (same
+partitions and headers), a new billing store (DuckLake, SQLite catalog) gets its
+tables, then the setup's `meterline consolidation` workers start at once (one
+consumer group, distinct instance ids) and are timed until their progress records
+(meterline.stats) show every rated record stored. Setups:
+- `1`: one worker alone;  `2`: two workers, each owning the partitions it is given;
+- `1+reader`: one worker, and a reader process (--reader DIR) that keeps one
+  read-only connection (consolidation.lake) open and queries rated_usage,
+  usage_totals and invoice_drafts in one statement every second; every answer
+  must show whole batches (rated rows = counted events).
 Reported: steady rate from the first committed batch to the last (startup and the
 group join excluded) and the rate over the wall time from process start. Checked
-each run: rated_usage holds each rated event once and sum(rated amounts) =
-usage_totals.amount_exact for every account/charge. After each run of the first
-setup the plain batched consume -> JSON parse -> produce loop (bench.baselines)
-runs over the same raw events on a broker of its own: the same-run baseline the
-steady rate is given as a ratio to. `--profile` runs each worker under cProfile
-and prints its top functions (figures then include the profiler's cost: not
-recorded).
-
-Setups run interleaved (1, 2, 1+reader, 1, 2, ...), so a slow spell of the shared
-machine hits every setup. Every figure is the median of --runs runs, with min and
-max. Any wrong result exits 1 and records nothing; otherwise a section is appended
-to bench/RESULTS.md. The period close and the store's files: bench.bench_store.
+each run: rated_usage holds each rated event once, reconciliation holds. After
+each round the plain consume -> JSON parse -> produce loop (bench.baselines) runs
+over the same raw events on a broker of its own: the same-run baseline. Setups
+run interleaved (1, 2, 1+reader, 1, ...). `--profile` runs each worker under
+cProfile and prints its top functions (records nothing). Every figure is the
+median of --runs runs, with min and max; a wrong result exits 1 and records
+nothing. The period close and the store's files: bench.bench_store.
 """
 
 from __future__ import annotations
@@ -185,7 +178,8 @@ class Fleet:
     def check(self) -> None:
         for instance, process in self.processes.items():
             if process.poll() is not None:
-                raise BenchmarkFailed(f"{instance} exited with {process.returncode}; see {self.out}/logs")
+                tail = (self.out / "logs" / f"{instance}.log").read_text().splitlines()[-5:]
+                raise BenchmarkFailed(f"{instance} exited with {process.returncode}: " + "\n".join(tail))
 
     def stop(self) -> None:
         _stop(list(self.processes.values()))
@@ -223,7 +217,9 @@ def throughput(prepared: Prepared, out: Path, setup: str, profile: bool = False)
         replay(settings.bootstrap_servers, RATED, prepared.rated)
         reader = StatsReader(settings.bootstrap_servers, {})
         live: list[subprocess.Popen[bytes]] = []
-        out.mkdir(parents=True)
+        # Created first: two workers creating one new store's tables at once may fail (one gets
+        # CatalogException "already exists"), and the reader waits for the tables.
+        BillingStore(out).close()
         try:
             if setup == "1+reader":
                 with (out / "reader.jsonl").open("wb") as lines:
@@ -387,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{published:,} generated events ({args.accounts} accounts, SaaS + telecom) through mediation and "
         f"rating once ({rated:,} rated); each run replays the rated topic to a fresh broker and times the "
         f"setup's `meterline consolidation` workers on {PARTITIONS} partitions and one new store (SQLite "
-        "catalog) by their meterline.stats progress; rated_usage and usage_totals checked each run (each "
-        "event once, reconciliation); the reader's answers checked to show whole batches. Setups "
+        "catalog, tables created before the workers start: two workers creating them at once may fail) "
+        "by their meterline.stats progress; rated_usage and usage_totals checked each run (each event "
+        "once, reconciliation); the reader's answers checked to show whole batches. Setups "
         "interleaved. Store maintenance (every 300 s by default) did not run within these runs. Figures "
         "from the shared 2-core machine (other engineers' tests running: two workers share the same 2 "
         "cores with the broker), plain Python (hot path not compiled with mypyc).",
