@@ -39,9 +39,16 @@ def daily_values(days: Sequence[DailyUsage], aggregation: str) -> dict[date, Dec
 
 
 def daily_chart(
-    label: str, unit: str, first: date, last: date, values: dict[date, Decimal], fmt: Formatter
+    label: str,
+    unit: str,
+    first: date,
+    last: date,
+    values: dict[date, Decimal],
+    fmt: Formatter,
+    ident: str = "chart",
 ) -> str:
-    """The SVG for the days first..last (inclusive); days without usage are empty bars."""
+    """The SVG for the days first..last (inclusive); days without usage are empty bars.
+    `ident` makes the ids of its title and description unique on the page."""
     count = (last - first).days + 1
     highest = max((v for v in values.values()), default=Decimal(0))
     scale_top = highest if highest > 0 else Decimal(1)
@@ -57,8 +64,9 @@ def daily_chart(
     )
     parts = [
         f'<svg class="chart" viewBox="0 0 {_WIDTH} {_HEIGHT}" role="img" '
-        f'xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMinYMin meet">',
-        f"<title>{escape(title)}</title><desc>{escape(summary)}</desc>",
+        f'aria-labelledby="{ident}-t {ident}-d" xmlns="http://www.w3.org/2000/svg" '
+        'preserveAspectRatio="xMinYMin meet">',
+        f'<title id="{ident}-t">{escape(title)}</title><desc id="{ident}-d">{escape(summary)}</desc>',
         f'<line class="axis" x1="{_LEFT}" y1="{_n(_TOP + plot_height)}" x2="{_n(_LEFT + plot_width)}" '
         f'y2="{_n(_TOP + plot_height)}"/>',
         f'<text class="tick" x="{_LEFT - 6}" y="{_n(_TOP + 4)}" text-anchor="end">'

@@ -132,13 +132,14 @@ def _usage_section(invoice: Invoice, catalog: Catalog, fmt: Formatter) -> str:
         return ""
     draft = invoice.draft
     charts = []
-    for meter_code, days in sorted(invoice.daily.items()):
+    for number, (meter_code, days) in enumerate(sorted(invoice.daily.items()), start=1):
         meter = catalog.meters.get(meter_code)
         aggregation = meter.aggregation if meter is not None else "sum"
         unit = meter.unit if meter is not None and aggregation in ("sum", "max") else "events"
         values = daily_values(days, aggregation)
         label = f"{meter_code} ({'daily peak' if aggregation == 'max' else 'per day'}, {unit})"
-        chart = daily_chart(meter_code, unit, draft.period_start, draft.period_end, values, fmt)
+        first, last = draft.period_start, draft.period_end
+        chart = daily_chart(meter_code, unit, first, last, values, fmt, f"chart-{number}")
         charts.append(f"<h3>{e(label)}</h3><figure>{chart}</figure>")
     return (
         '<section class="usage" aria-labelledby="usage-h"><h2 id="usage-h">Daily usage</h2>'

@@ -176,7 +176,9 @@ def test_pages_are_self_contained_accessible_and_printable(site: Path) -> None:
     page = invoice_page(site, "acme-tel", "2026-11").read_text(encoding="utf-8")
     # one daily chart for the voice meter: a bar per day of November, each with its title
     (chart,) = re.findall(r"<svg .*?</svg>", page)
-    assert 'role="img"' in chart and "<title>Daily voice</title>" in chart
+    assert 'role="img" aria-labelledby="chart-1-t chart-1-d"' in chart
+    assert '<title id="chart-1-t">Daily voice</title>' in chart
+    assert '<desc id="chart-1-d">Daily voice from Nov 1, 2026 to Nov 30, 2026: 26 minute in all, ' in chart
     assert chart.count("<rect ") == 30
     assert "<title>Nov 3, 2026: 8 minute</title>" in chart  # t1's 3 and t2's 5 (both local Nov 3)
 
