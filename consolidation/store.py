@@ -81,7 +81,7 @@ class BillingStore:
     def __init__(self, out_dir: str | Path, catalog: str = "") -> None:
         self.out = Path(out_dir).absolute()
         self.db = lake.connect(self.out, catalog=catalog)
-        self.retrying(lambda: create_missing(self.db))
+        self.retrying(lambda: create_missing(self.db), also=duckdb.CatalogException)
         # Exports are written to a temporary name and renamed: a killed writer's leftovers go.
         for path in temporary_files(self.out / "invoices", self.out / "rejected"):
             path.unlink(missing_ok=True)
@@ -103,15 +103,17 @@ class BillingStore:
                 db.execute("ROLLBACK")
             raise
 
-    def retrying(self, work: Callable[[], T]) -> T:
-        """Run `work` (one whole transaction), again while it conflicts with another writer."""
+    def retrying(self, work: Callable[[], T], also: type[duckdb.Error] | None = None) -> T:
+        """Run `work` (one whole transaction), again while it conflicts with another writer
+        (or raises `also`: two workers creating the same table at once, say)."""
         deadline = time.monotonic() + CONFLICT_RETRY_S
         attempt = 0
         while True:
             try:
                 return work()
             except duckdb.Error as exc:
-                if not is_conflict(exc) or time.monotonic() >= deadline:
+                retry = is_conflict(exc) or (also is not None and isinstance(exc, also))
+                if not retry or time.monotonic() >= deadline:
                     raise
                 attempt += 1
                 log.info("store_commit_conflict", attempt=attempt, error=str(exc).splitlines()[0])
