@@ -1,12 +1,10 @@
 """The consolidation stage: rated usage into the billing store, exactly once, with
 live invoice previews and period close.
 
-It writes outside Kafka, so instead of a Kafka transaction it stores consumed
-offsets in the store in the same store transaction as the rows and totals, and
-seeks to them on assignment (after checking they are not past the partitions'
-ends). Several workers may run in one consumer group: each stores, previews and
-closes the accounts of the rated partitions it owns (an account's partition is
-fixed by its id, see meterline.headers.partition_of). The loop, in order:
+It stores consumed offsets in the store, in the same store transaction as the rows
+and totals, and seeks to them on assignment (checked against the partitions' ends).
+Workers in one consumer group each store, preview and close the accounts of the rated
+partitions they own (an account's partition is fixed by its id). The loop, in order:
 
     1. consume a batch of rated records (read_committed)
     2. skip replays (lineage guard); sort the rest into rows, totals and rejections
@@ -14,8 +12,9 @@ fixed by its id, see meterline.headers.partition_of). The loop, in order:
     3. DLQ records out and delivered (else rewind and retry the batch)
     4. the store checkpoint (consolidation.checkpoint): rows, totals and positions
        in one store transaction
-    5. publish progress, report health and lag; refresh open drafts every preview
-       interval; roll up and compact the store every maintenance interval
+    5. publish progress, report health and lag; refresh open drafts (and their site
+       pages: consolidation.live_site) every preview interval; roll up and compact
+       the store every maintenance interval
     6. rejected records of every stage (the DLQ, a consumer of its own) into
        rejected_events, with their DLQ offsets (consolidation.rejected_feed)
 """
@@ -48,6 +47,7 @@ from consolidation.closing import accounts_active_in, refresh_previews
 from consolidation.dead_letters import DeadLetterSender, Undelivered
 from consolidation.errors import ConsumeErrors, StoredOffsetsPastEndError
 from consolidation.errors import FatalStageError as FatalStageError
+from consolidation.live_site import LiveSite
 from consolidation.maintenance import checkpoint, roll_up
 from consolidation.rejected_feed import RejectedFeed
 from consolidation.store import BillingStore, Position
@@ -60,7 +60,7 @@ from meterline.health import HEALTH
 from meterline.kafka_config import consumer_config, plain_producer_config
 from meterline.lineage import LINEAGE_HEADER, LineageGuard
 from meterline.messages import InputRecord
-from meterline.offsets import past_end
+from meterline.offsets import export_consumer_lag, past_end
 from meterline.tables import ContractsTable, PeriodsTable
 
 # Unbound: the worker binds `stage` through contextvars once logging is configured (a
@@ -113,6 +113,7 @@ class Consolidator:
             )
         )
         self._rejected = RejectedFeed(s, store, lambda: self.contracts.catalog, self._client_error)
+        self._site = LiveSite(s.site_dir, store, lambda: self.contracts.catalog, clock)
 
     def request_stop(self, *_: object) -> None:
         self._stopping = True
@@ -158,6 +159,7 @@ class Consolidator:
                 self._rejected.step()
                 if time.monotonic() - last_preview >= s.preview_interval_s:
                     self._refresh_previews()
+                    self._site.render()
                     last_preview = time.monotonic()
                 if s.auto_close and time.monotonic() - last_housekeeping >= 60:
                     self._housekeeping()
@@ -314,7 +316,8 @@ class Consolidator:
             self._publish_progress(partition)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
         metrics.CONSUMED.labels(STAGE, self._rated).inc(len(messages))
-        self._export_consumer_lag(new_positions)
+        lag = {(self._rated, p): pos.next_offset for p, pos in new_positions.items()}
+        export_consumer_lag(self._consumer, STAGE, lag)
         # Informational commit, for lag dashboards; the truth is in the store.
         self._consumer.commit(
             offsets=[TopicPartition(self._rated, p, pos.next_offset) for p, pos in new_positions.items()],
@@ -340,15 +343,6 @@ class Consolidator:
                 self._read_at_assignment[partition] = stored[partition].next_offset
         self._rewind(offsets)
 
-    def _export_consumer_lag(self, positions: dict[int, Position]) -> None:
-        for partition, position in positions.items():
-            # cached=True reads the high watermark of the last fetch response: no broker round trip.
-            tp = TopicPartition(self._rated, partition)
-            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0:
-                lag = max(high - position.next_offset, 0)
-                metrics.CONSUMER_LAG.labels(STAGE, self._rated, str(partition)).set(lag)
-
     def _publish_progress(self, partition: int) -> None:
         position = self._positions[partition]
         progress = {"stage": STAGE, "topic": self._rated, "partition": partition,
@@ -365,6 +359,7 @@ class Consolidator:
         if not dirty:
             return
         refresh_previews(self.store, self.contracts.catalog, dirty, self.clock())
+        self._site.changed(account for account, _ in dirty)
         metrics.INVOICES.labels("open").set(self.store.count_drafts("open"))
 
     def _apply_closes(self) -> None:
@@ -379,7 +374,8 @@ class Consolidator:
             self.store, self.contracts.catalog, closes, list(self._positions), self._partition_count,
             self.owns, self.clock(),
         )  # fmt: skip
-        self._final = self.store.final_keys()
+        final, self._final = self._final, self.store.final_keys()
+        self._site.changed(account for account, _ in self._final - final)
         metrics.INVOICES.labels("final").set(len(self._final))
         metrics.INVOICES.labels("open").set(self.store.count_drafts("open"))
 

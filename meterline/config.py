@@ -74,6 +74,9 @@ class Settings:
     store_maintenance_interval_s: float = 300.0
     # Snapshots (draft history read with `query --at`) are kept this long, then expire.
     draft_history_days: int = 400
+    # The customer invoice site: a consolidation worker regenerates the pages of accounts
+    # whose drafts changed, at most every preview_interval_s ("" = no site).
+    site_dir: str = ""
 
     def __post_init__(self) -> None:
         try:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import structlog
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from meterline import metrics
 from meterline.kafka_config import consumer_config
 from meterline.kafka_errors import OffsetsPastEndError
 
@@ -108,3 +109,12 @@ def check_positions(
         "(a broker restarted with memory storage?), and reading on would skip its records. "
         "Reset the stage's stored positions (and its outputs) to reprocess the new topic"
     )
+
+
+def export_consumer_lag(consumer: Consumer, stage: str, next_offsets: Mapping[tuple[str, int], int]) -> None:
+    """Set the consumer lag gauge of each partition from its next offset to consume."""
+    for (topic, partition), position in next_offsets.items():
+        # cached=True reads the high watermark of the last fetch response: no broker round trip.
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        if high >= 0:
+            metrics.CONSUMER_LAG.labels(stage, topic, str(partition)).set(max(high - position, 0))

@@ -50,6 +50,7 @@ from meterline.lineage import LINEAGE_HEADER
 from meterline.messages import TP as TP
 from meterline.messages import BatchResult as BatchResult
 from meterline.messages import InputRecord, Processor, input_records
+from meterline.offsets import export_consumer_lag
 from meterline.reasons import INTERNAL_ERROR
 from meterline.rebalance import Rebalance
 from meterline.restore import Partitions
@@ -239,15 +240,8 @@ class StageRunner:
         if result.newest_event_time is not None:
             lag = datetime.now(UTC) - result.newest_event_time
             metrics.EVENT_TIME_LAG.labels(self.stage).set(lag.total_seconds())
-        self._export_consumer_lag(next_offsets)
-
-    def _export_consumer_lag(self, next_offsets: dict[TP, int]) -> None:
         assert self._consumer is not None
-        for (topic, partition), position in next_offsets.items():
-            # cached=True reads the high watermark of the last fetch response: no broker round trip.
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            if high >= 0:
-                metrics.CONSUMER_LAG.labels(self.stage, topic, str(partition)).set(max(high - position, 0))
+        export_consumer_lag(self._consumer, self.stage, next_offsets)
 
     def _commit(self, result: BatchResult, next_offsets: dict[TP, int]) -> Failure | None:
         """One transaction for one batch (meterline.checkpoint's steps): None once committed,
