@@ -34,6 +34,27 @@ _TAX_RATES: Final = {
     "Pacific/Auckland": "15",
     "Asia/Tokyo": "10",
 }
+# The demo's one seller, and where its customers are: a street, city, postcode and
+# country per zone, and the VAT id format of the countries that have one.
+SELLER: Final = {
+    "id": "meterline-demo",
+    "legal_name": "Meterline Demo SAS",
+    "address": {"lines": ["10 rue de la Paix"], "city": "Paris", "postcode": "75002", "country": "FR"},
+    "vat_id": "FR32123456789",
+    "iban": "FR7630006000011234567890189",
+}
+_ADDRESSES: Final = {
+    "Europe/Paris": ("Avenue des Champs-Élysées", "Paris", "75008", "FR"),
+    "Europe/Berlin": ("Friedrichstraße", "Berlin", "10117", "DE"),
+    "Europe/Madrid": ("Calle de Alcalá", "Madrid", "28014", "ES"),
+    "Europe/London": ("Baker Street", "London", "NW1 6XE", "GB"),
+    "America/New_York": ("Broadway", "New York, NY", "10006", "US"),
+    "America/Chicago": ("Michigan Avenue", "Chicago, IL", "60611", "US"),
+    "America/Los_Angeles": ("Sunset Boulevard", "Los Angeles, CA", "90028", "US"),
+    "Pacific/Auckland": ("Queen Street", "Auckland", "1010", "NZ"),
+    "Asia/Tokyo": ("Chiyoda 1-1", "Tokyo", "100-0001", "JP"),
+}
+_VAT_DIGITS: Final = {"FR": 11, "DE": 9, "ES": 9, "GB": 9}
 _NAME_WORDS: Final = (
     ("Acme", "Blue", "Nordic", "Quantum", "Silver", "Atlas", "Pioneer", "Harbor", "Summit", "Vertex"),
     ("Analytics", "Logistics", "Telecom", "Labs", "Systems", "Retail", "Media", "Health", "Energy", "Foods"),
@@ -108,8 +129,22 @@ def generate_catalog(accounts: int, seed: int, month: str = "2026-10") -> dict[s
         tax_rate = _TAX_RATES[shape.timezone]
         if tax_rate is not None:
             account["tax_rate"] = tax_rate
+        account["seller"] = SELLER["id"]
+        account["buyer"] = _buyer(index, name, shape.timezone)
         documents.append(account)
-    return {"meters": meters(), "plans": plans(), "accounts": documents}
+    return {"meters": meters(), "plans": plans(), "sellers": [SELLER], "accounts": documents}
+
+
+def _buyer(index: int, name: str, timezone: str) -> dict[str, Any]:
+    """Legal details made from the account's number, not the random stream: adding them
+    left every other generated value as it was."""
+    street, city, postcode, country = _ADDRESSES[timezone]
+    address = {"lines": [f"{index + 1} {street}"], "city": city, "postcode": postcode, "country": country}
+    buyer: dict[str, Any] = {"legal_name": name, "address": address}
+    digits = _VAT_DIGITS.get(country)
+    if digits is not None:
+        buyer["vat_id"] = f"{country}{index + 1:0{digits}d}"
+    return buyer
 
 
 def _contracts(

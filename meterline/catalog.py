@@ -126,6 +126,34 @@ class Contract:
 
 
 @dataclass(frozen=True, slots=True)
+class Address:
+    lines: tuple[str, ...]  # one to three street lines
+    city: str
+    country: str  # ISO 3166-1 alpha-2
+    postcode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Seller:
+    """A legal entity that bills accounts (the seller of their e-invoices)."""
+
+    id: str
+    legal_name: str
+    address: Address
+    vat_id: str
+    iban: str
+
+
+@dataclass(frozen=True, slots=True)
+class Buyer:
+    """An account's legal details as the buyer of its e-invoices."""
+
+    legal_name: str
+    address: Address
+    vat_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     id: str
     name: str
@@ -134,6 +162,8 @@ class Account:
     tax_rate: Decimal | None = None  # percent
     net_terms_days: int = 30
     locale: str = "en"  # Babel locale of the account's invoice pages (amounts, dates)
+    seller_id: str | None = None  # the Seller that bills the account (e-invoices)
+    buyer: Buyer | None = None  # the account's legal details (e-invoices)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -163,6 +193,7 @@ class Catalog:
     meters: Mapping[str, Meter]
     plans: Mapping[str, Plan]
     accounts: Mapping[str, Account]
+    sellers: Mapping[str, Seller] = field(default_factory=dict)
 
     @staticmethod
     def empty() -> Catalog:

@@ -11,22 +11,30 @@ from datetime import date
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from meterline.catalog import Account, Contract, OneTimeCharge, Plan
+from meterline.catalog import Account, Address, Buyer, Contract, OneTimeCharge, Plan, Seller
 from meterline.catalog_read import DocPath, format_path
 from meterline.catalog_values import ValueReader
 
 _MAX_NET_TERMS_DAYS: Final = 3650
+# Two-letter CLDR territories that are not ISO 3166-1 countries.
+_NOT_COUNTRIES: Final = frozenset({"EU", "EZ", "QO", "UN", "XA", "XB", "XK", "ZZ"})
 
 
 class AccountBuilder(ValueReader):
     """The accounts of one document, whose `plans` are already built."""
 
-    def __init__(self, source: str, plans: Mapping[str, Plan]) -> None:
+    def __init__(
+        self, source: str, plans: Mapping[str, Plan], sellers: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
         super().__init__(source)
         self.plans = plans
         self.accounts: dict[str, Account] = {}
         # Catalog-wide contract ids, id -> path of its first definition.
         self.contract_paths: dict[str, DocPath] = {}
+        self.sellers: dict[str, Seller] = {}
+        for index, spec in enumerate(sellers):
+            seller = self.seller(("sellers", index), spec)
+            self.sellers[seller.id] = seller
 
     def build(self, specs: Sequence[Mapping[str, Any]]) -> dict[str, Account]:
         for index, spec in enumerate(specs):
@@ -60,7 +68,68 @@ class AccountBuilder(ValueReader):
             else None,
             net_terms_days=self.net_terms_days((*path, "net_terms_days"), spec.get("net_terms_days", "30")),
             locale=self.locale((*path, "locale"), spec.get("locale", "en")),
+            seller_id=self.seller_ref((*path, "seller"), spec.get("seller")),
+            buyer=self.buyer((*path, "buyer"), spec["buyer"]) if "buyer" in spec else None,
         )
+
+    # -- e-invoice parties (docs/catalog.md, "Sellers and buyers")
+
+    def seller(self, path: DocPath, spec: Mapping[str, Any]) -> Seller:
+        seller_id: str = spec["id"]
+        if seller_id in self.sellers:
+            self.fail((*path, "id"), f"duplicate seller id {seller_id!r}")
+        address = self.address((*path, "address"), spec["address"])
+        return Seller(
+            id=seller_id,
+            legal_name=spec["legal_name"].strip(),
+            address=address,
+            vat_id=self.vat_id((*path, "vat_id"), spec["vat_id"]),
+            iban=self.iban((*path, "iban"), spec["iban"]),
+        )
+
+    def seller_ref(self, path: DocPath, seller_id: str | None) -> str | None:
+        if seller_id is not None and seller_id not in self.sellers:
+            self.fail(path, f"unknown seller {seller_id!r}")
+        return seller_id
+
+    def buyer(self, path: DocPath, spec: Mapping[str, Any]) -> Buyer:
+        return Buyer(
+            legal_name=spec["legal_name"].strip(),
+            address=self.address((*path, "address"), spec["address"]),
+            vat_id=self.vat_id((*path, "vat_id"), spec["vat_id"]) if "vat_id" in spec else None,
+        )
+
+    def address(self, path: DocPath, spec: Mapping[str, Any]) -> Address:
+        postcode = spec.get("postcode")
+        return Address(
+            lines=tuple(line.strip() for line in spec["lines"]),
+            city=spec["city"].strip(),
+            country=self.country((*path, "country"), spec["country"]),
+            postcode=postcode.strip() if postcode is not None else None,
+        )
+
+    def country(self, path: DocPath, code: str) -> str:
+        """An ISO 3166-1 alpha-2 code (the schema guarantees two capitals)."""
+        from babel import Locale  # as for locales: only catalogs with parties need it
+
+        if code in _NOT_COUNTRIES or code not in Locale("en").territories:
+            self.fail(path, f"unknown country code {json.dumps(code)} (ISO 3166-1 alpha-2, e.g. FR, DE, US)")
+        return code
+
+    def vat_id(self, path: DocPath, text: str) -> str:
+        # Greek VAT ids start with EL, not the country code GR.
+        if text[:2] != "EL":
+            self.country(path, text[:2])
+        return text
+
+    def iban(self, path: DocPath, text: str) -> str:
+        """An IBAN whose check digits are right (ISO 13616: mod 97 of the rearranged number is 1)."""
+        self.country(path, text[:2])
+        rearranged = text[4:] + text[:4]
+        number = "".join(str(int(char, 36)) for char in rearranged)
+        if int(number) % 97 != 1:
+            self.fail(path, f"IBAN {json.dumps(text)} has wrong check digits")
+        return text
 
     def locale(self, path: DocPath, text: str) -> str:
         """A locale Babel knows (`de`, `en_US`, `en-US`), as its canonical name."""

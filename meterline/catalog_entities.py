@@ -1,6 +1,6 @@
 """A catalog as keyed entities on the compacted contracts topic, and back.
 
-Keys are `meter/<code>`, `plan/<id>`, `account/<id>`; every stage reassembles the
+Keys are `meter/<code>`, `plan/<id>`, `seller/<id>`, `account/<id>`; every stage reassembles the
 latest values into a document and parses it like a file.
 """
 
@@ -13,7 +13,12 @@ from meterline.catalog_validate import validate_document
 
 __all__ = ["ENTITY_VERSION", "SECTIONS", "catalog_entities", "document_from_entities"]
 
-SECTIONS: Final = {"meter": ("meters", "code"), "plan": ("plans", "id"), "account": ("accounts", "id")}
+SECTIONS: Final = {
+    "meter": ("meters", "code"),
+    "plan": ("plans", "id"),
+    "seller": ("sellers", "id"),
+    "account": ("accounts", "id"),
+}
 ENTITY_VERSION: Final = 1
 
 
@@ -25,9 +30,9 @@ def catalog_entities(
     Validate the whole catalog first (:func:`parse_catalog`); this only re-checks the
     shape, so a malformed document is a CatalogError here rather than a KeyError.
 
-    Keys are `meter/<code>`, `plan/<id>`, `account/<id>`; values are JSON-serializable
+    Keys are `meter/<code>`, `plan/<id>`, `seller/<id>`, `account/<id>`; values are JSON-serializable
     dicts `{"kind", "id", "version", "spec"}` with decimals as text. Meters come first,
-    then plans, then accounts, so a reader never sees a reference before its target
+    then plans and sellers, then accounts, so a reader never sees a reference before its target
     when the topic is read in order.
     """
     normalized = validate_document(document, source)

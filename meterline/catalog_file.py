@@ -104,8 +104,9 @@ class _CatalogBuilder(ValueReader):
         for index, spec in enumerate(document["plans"]):
             plan = self.plan(("plans", index), spec)
             self.plans[plan.id] = plan
-        accounts = AccountBuilder(self.source, self.plans).build(document["accounts"])
-        return Catalog(meters=self.meters, plans=self.plans, accounts=accounts)
+        builder = AccountBuilder(self.source, self.plans, document.get("sellers", ()))
+        accounts = builder.build(document["accounts"])
+        return Catalog(meters=self.meters, plans=self.plans, accounts=accounts, sellers=builder.sellers)
 
     # -- meters
 
