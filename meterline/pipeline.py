@@ -23,12 +23,14 @@ from typing import IO, Final
 
 import orjson
 
+from consolidation import lake
 from consolidation.close_control import export_final_invoices
 from consolidation.closing import accounts_active_in, finalize_period, reconcile_amounts, refresh_previews
 from consolidation.currency import minor_units
 from consolidation.lake import CATALOG_FILE, DATA_DIR
 from consolidation.rejected_feed import catch_up
 from consolidation.store import BillingStore
+from invoice_site import render_site
 from meterline.broker import EmbeddedBroker
 from meterline.catalog import Catalog
 from meterline.catalog_file import load_catalog
@@ -96,6 +98,8 @@ class RunResult:
     invoice_totals: tuple[tuple[str, int, Decimal], ...] = ()
     # Each rejection with its input file and line.
     rejected_file: Path | None = None
+    # The invoice site's top page, written after the close.
+    site_index: Path | None = None
 
     def summary(self) -> dict[str, int]:
         t = self.totals
@@ -266,7 +270,8 @@ def run_pipeline(
         finally:
             workers.stop()
         _, rejected_file = write_rejected(s, s.topics.name(raw.name), lines, out)
-        return replace(_finish(s, catalog, out, totals, published, close_all), rejected_file=rejected_file)
+        result = _finish(s, catalog, out, totals, published, close_all)
+        return replace(result, rejected_file=rejected_file, site_index=write_site(s, catalog, out))
 
 
 def _wait_drained(settings: Settings, workers: Workers, published: int, timeout_s: float) -> Totals:
@@ -345,6 +350,18 @@ def _finish(
         store.close()
 
 
+def write_site(settings: Settings, catalog: Catalog, out: Path) -> Path:
+    """Render the invoice site of the closed store (to `site_dir`, default DIR/site); returns
+    its index page."""
+    site_dir = Path(settings.site_dir) if settings.site_dir else out / "site"
+    db = lake.connect(out, catalog=settings.store_catalog, read_only=True)
+    try:
+        render_site(db, catalog, site_dir)
+    finally:
+        db.close()
+    return site_dir.absolute() / "index.html"
+
+
 def print_summary(result: RunResult, out_dir: str, stream: IO[str] = sys.stdout) -> None:
     t = result.totals
     stream.write(f"meterline run: {result.published:,} records in, output in {out_dir}\n")
@@ -363,6 +380,8 @@ def print_summary(result: RunResult, out_dir: str, stream: IO[str] = sys.stdout)
     for currency, count, total in result.invoice_totals:
         exact = total.quantize(Decimal(1).scaleb(-minor_units(currency)))
         stream.write(f"invoice totals {currency}: {count} drafts, {exact:,}\n")
+    if result.site_index is not None:
+        stream.write(f"site: {result.site_index.as_uri()}\n")
     for name, value in result.summary().items():
         stream.write(f"{name}: {value}\n")
 
