@@ -8,6 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Final
 
 from invoice_site.chart import daily_chart, daily_values
+from invoice_site.einvoice import documents_html
 from invoice_site.explain import Explanation, charge_index, explain_line, time_band_windows
 from invoice_site.layout import e, page
 from invoice_site.model import Invoice, Line, RatedEvent
@@ -60,6 +61,7 @@ def invoice_body(invoice: Invoice, account: Account | None, catalog: Catalog) ->
         f"<h1>Invoice <code>{e(draft.invoice_id)}</code></h1>",
         f"<p>{status_text(invoice, fmt, zone)}</p>",
         '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>",
+        documents_html(draft, invoice.lines, account, catalog),
         _lines_table(invoice, account, catalog, fmt),
         _usage_section(invoice, catalog, fmt),
         _events_section(invoice, account, catalog, fmt),

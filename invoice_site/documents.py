@@ -1,0 +1,167 @@
+"""The documents of final invoices, next to their pages: a PDF of the invoice page and,
+where the catalog has seller and buyer details, the EN 16931 e-invoice (CII XML), also
+embedded in the PDF as Factur-X.
+
+```
+SITE/accounts/<account>/<invoice_id>.pdf    every final invoice
+SITE/accounts/<account>/<invoice_id>.xml    final invoices with seller and buyer details
+```
+
+Writing is idempotent: a PDF records a digest of the page and XML it was made from (in its
+Keywords), and is printed again only when they change; files are written to a temporary
+file and renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Collection
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import structlog
+
+from invoice_site.einvoice import blockers, cii_xml
+from invoice_site.model import Draft, Line
+from invoice_site.pdf import PdfPrinter, embed_einvoice, pdf_keywords, with_keywords
+from invoice_site.render import account_folder, invoice_file, invoice_page_html
+from meterline.catalog import Catalog
+
+__all__ = ["document_paths", "write_documents"]
+
+log = structlog.get_logger(__name__)
+
+_SOURCE: Final = "meterline-source "
+_DRAFT_COLUMNS: Final = (
+    "invoice_id, account_id, period, period_start, period_end, currency, subtotal, discount, tax, "
+    "total, status, issue_date, due_date, event_count, generated_at"
+)
+
+
+@dataclass(slots=True)
+class _Final:
+    draft: Draft
+    lines: list[Line]
+
+
+def document_paths(site_dir: str | Path, account_id: str, invoice_id: str) -> tuple[Path, Path]:
+    """Where an invoice's PDF and XML are written."""
+    stem = invoice_file(invoice_id).removesuffix(".html")
+    folder = account_folder(Path(site_dir), account_id)
+    return folder / f"{stem}.pdf", folder / f"{stem}.xml"
+
+
+def write_documents(
+    store_db: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    site_dir: str | Path,
+    invoice_ids: Collection[str] | None = None,
+    accounts: Collection[str] | None = None,
+) -> list[Path]:
+    """Write the PDF and e-invoice of final invoices; returns the files written (changed).
+
+    `invoice_ids` / `accounts`: None for all; open drafts are never given documents.
+    `store_db` as for `render_site` (read-only is enough, no transaction open). Raises
+    ChromiumMissing when a PDF must be printed and Chromium is not installed, PdfError
+    when Chromium fails, EInvoiceError when stored figures cannot make an EN 16931 invoice.
+    """
+    site = Path(site_dir)
+    written: list[Path] = []
+    with ExitStack() as stack:
+        printer: PdfPrinter | None = None
+        for invoice in _read_finals(store_db, invoice_ids, accounts):
+            draft = invoice.draft
+            account = catalog.accounts.get(draft.account_id)
+            pdf_path, xml_path = document_paths(site, draft.account_id, draft.invoice_id)
+            xml: bytes | None = None
+            if account is not None and not blockers(draft, invoice.lines, account, catalog):
+                xml = cii_xml(draft, invoice.lines, account, catalog)
+                if _write_bytes(xml_path, xml):
+                    written.append(xml_path)
+            elif xml_path.exists():
+                xml_path.unlink()  # the catalog lost the details it was made from
+                log.info("einvoice_removed", invoice_id=draft.invoice_id, path=str(xml_path))
+            html = invoice_page_html(store_db, catalog, draft.invoice_id)
+            source = hashlib.sha256(html.encode("utf-8") + b"\0" + (xml or b"")).hexdigest()
+            keywords = f"invoice {draft.invoice_id}; {_SOURCE}{source}"
+            if _SOURCE + source in (pdf_keywords(pdf_path) or ""):
+                continue
+            if printer is None:
+                printer = stack.enter_context(PdfPrinter())
+            pdf = printer.print_html(html)
+            metadata = _metadata(draft, account, catalog, keywords)
+            pdf = embed_einvoice(pdf, xml, metadata) if xml is not None else with_keywords(pdf, metadata)
+            if _write_bytes(pdf_path, pdf):
+                written.append(pdf_path)
+    return written
+
+
+def _metadata(draft: Draft, account: Any, catalog: Catalog, keywords: str) -> dict[str, str]:
+    seller = catalog.sellers.get(account.seller_id) if account is not None and account.seller_id else None
+    name = account.name if account is not None else draft.account_id
+    return {
+        "author": seller.legal_name if seller is not None else "meterline",
+        "title": f"Invoice {draft.invoice_id} — {name}",
+        "subject": f"Invoice {draft.invoice_id}, period {draft.period}, {draft.total} {draft.currency}",
+        "keywords": keywords,
+    }
+
+
+def _read_finals(
+    db: duckdb.DuckDBPyConnection, invoice_ids: Collection[str] | None, accounts: Collection[str] | None
+) -> list[_Final]:
+    """Final drafts and their lines, in one snapshot."""
+    conditions = ["status = 'final'"]
+    params: list[Any] = []
+    for column, values in (("invoice_id", invoice_ids), ("account_id", accounts)):
+        if values is not None:
+            params.append(sorted(values))
+            conditions.append(f"{column} IN (SELECT unnest(${len(params)}::VARCHAR[]))")
+    where = " AND ".join(conditions)
+    db.execute("BEGIN TRANSACTION")
+    try:
+        finals: dict[str, _Final] = {}
+        for row in db.execute(
+            f"""SELECT {_DRAFT_COLUMNS} FROM invoice_drafts WHERE {where}
+            QUALIFY row_number() OVER (PARTITION BY invoice_id ORDER BY generated_at DESC) = 1
+            ORDER BY account_id, period""",
+            params,
+        ).fetchall():
+            finals[row[0]] = _Final(Draft(*row), [])
+        for row in db.execute(
+            f"""SELECT invoice_id, line_no, kind, charge_id, description, quantity, unit, unit_price, amount
+            FROM invoice_lines WHERE invoice_id IN (SELECT invoice_id FROM invoice_drafts WHERE {where})
+            ORDER BY invoice_id, line_no""",
+            params,
+        ).fetchall():
+            owner = finals.get(row[0])
+            if owner is not None:
+                owner.lines.append(Line(*row[1:]))
+    finally:
+        db.execute("ROLLBACK")
+    return list(finals.values())
+
+
+def _write_bytes(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` unless it holds it already, atomically; True when written."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return True
