@@ -299,7 +299,7 @@ def _wait_drained(settings: Settings, workers: Workers, published: int, timeout_
 def _finish(
     settings: Settings, catalog: Catalog, out: Path, totals: Totals, published: int, close_all: bool
 ) -> RunResult:
-    store = BillingStore(out)
+    store = BillingStore(out, settings.store_catalog)
     try:
         # The workers stopped: read the DLQ to its end, so rejected_events holds the run's
         # last rejections too (the consolidator may have stopped before it stored them).
