@@ -38,6 +38,11 @@ def add_parser(sub: Any) -> None:
     site.add_argument(
         "--account", action="append", metavar="ID", help="render only this account (repeatable)"
     )
+    site.add_argument(
+        "--no-documents",
+        action="store_true",
+        help="skip the PDF and EN 16931 e-invoice of final invoices (PDFs need the chromium package)",
+    )
     site.add_argument("--config", metavar="FILE", help="meterline.toml settings file (env METERLINE_CONFIG)")
     site.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers")
 
@@ -59,12 +64,29 @@ def command(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: no billing store here; run the pipeline first or pass --out") from None
     except lake.StoreOpenError as exc:
         raise CommandFailed(f"{out}: {exc}") from None
+    accounts = None if not args.account else set(args.account)
     try:
-        written = render_site(db, catalog, site_dir, None if not args.account else set(args.account))
+        written = render_site(db, catalog, site_dir, accounts)
+        documents = [] if args.no_documents else _documents(db, catalog, site_dir, accounts)
     finally:
         db.close()
     print(f"site: {site_dir / 'index.html'} ({len(written)} pages written)")
+    if not args.no_documents:
+        print(f"documents: {len(documents)} PDF and e-invoice files written")
     return 0
+
+
+def _documents(db: Any, catalog: Catalog, site_dir: Path, accounts: set[str] | None) -> list[Path]:
+    from invoice_site.documents import write_documents
+    from invoice_site.einvoice import EInvoiceError
+    from invoice_site.pdf import ChromiumMissing, PdfError
+
+    try:
+        return write_documents(db, catalog, site_dir, accounts=accounts)
+    except ChromiumMissing as exc:
+        raise UserError(f"{exc}; or pass --no-documents") from None
+    except (PdfError, EInvoiceError) as exc:
+        raise CommandFailed(f"invoice documents: {exc}") from None
 
 
 def _configured_site_dir(settings: Any) -> Path | None:

@@ -27,7 +27,7 @@ import structlog
 
 from invoice_site.einvoice import blockers, cii_xml
 from invoice_site.model import Draft, Line
-from invoice_site.pdf import PdfPrinter, embed_einvoice, pdf_keywords, with_keywords
+from invoice_site.pdf import PdfPrinter, embed_einvoice, install_chromium, pdf_keywords, with_keywords
 from invoice_site.render import account_folder, invoice_file, invoice_page_html
 from meterline.catalog import Catalog
 
@@ -65,9 +65,10 @@ def write_documents(
     """Write the PDF and e-invoice of final invoices; returns the files written (changed).
 
     `invoice_ids` / `accounts`: None for all; open drafts are never given documents.
-    `store_db` as for `render_site` (read-only is enough, no transaction open). Raises
-    ChromiumMissing when a PDF must be printed and Chromium is not installed, PdfError
-    when Chromium fails, EInvoiceError when stored figures cannot make an EN 16931 invoice.
+    `store_db` as for `render_site` (read-only is enough, no transaction open). Chromium
+    is installed with apt-get when a PDF must be printed and it is missing; raises
+    ChromiumMissing when it cannot be, PdfError when Chromium fails, EInvoiceError when
+    stored figures cannot make an EN 16931 invoice.
     """
     site = Path(site_dir)
     written: list[Path] = []
@@ -91,7 +92,7 @@ def write_documents(
             if _SOURCE + source in (pdf_keywords(pdf_path) or ""):
                 continue
             if printer is None:
-                printer = stack.enter_context(PdfPrinter())
+                printer = stack.enter_context(PdfPrinter(install_chromium()))
             pdf = printer.print_html(html)
             metadata = _metadata(draft, account, catalog, keywords)
             pdf = embed_einvoice(pdf, xml, metadata) if xml is not None else with_keywords(pdf, metadata)

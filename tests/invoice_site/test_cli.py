@@ -15,7 +15,10 @@ def test_site_command_writes_the_site(
     store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["site", "--out", str(store.out), "--catalog", str(CATALOG)]) == 0
-    assert capsys.readouterr().out == f"site: {store.out / 'site' / 'index.html'} (11 pages written)\n"
+    assert capsys.readouterr().out == (
+        f"site: {store.out / 'site' / 'index.html'} (11 pages written)\n"
+        "documents: 4 PDF and e-invoice files written\n"
+    )
     assert (store.out / "site" / "accounts" / "tanaka" / "index.html").is_file()
 
     elsewhere = tmp_path / "elsewhere"
