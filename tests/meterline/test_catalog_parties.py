@@ -61,7 +61,7 @@ def test_sellers_and_buyers_are_built() -> None:
         "eu": Seller(
             id="eu",
             legal_name="Meterline Europe SAS",
-            address=Address(("10 rue",), "Paris", "FR", "75002"),
+            address=Address(("10 rue de la Paix",), "Paris", "FR", "75002"),
             vat_id="FR32123456789",
             iban="DE89370400440532013000",
         )
