@@ -262,8 +262,10 @@ def test_readers_see_whole_batches_while_consolidation_commits(
 
     # --at: a time between two samples whose totals differ reads the earlier one's drafts.
     latest = _sample(cli_query(out, SAMPLE)[0])
-    snapshots = "SELECT snapshot_time FROM ducklake_snapshots('billing') ORDER BY snapshot_id"
-    history = [datetime.fromisoformat(r["snapshot_time"]) for r in cli_query(out, snapshots)]
+    snapshots = "SELECT snapshot_id, snapshot_time FROM ducklake_snapshots('billing') ORDER BY snapshot_id"
+    history = [
+        (int(r["snapshot_id"]), datetime.fromisoformat(r["snapshot_time"])) for r in cli_query(out, snapshots)
+    ]
 
     def changed(sample: Sample) -> list[str]:
         """Open drafts of `sample` whose figures are not their latest ones."""
@@ -273,11 +275,23 @@ def test_readers_see_whole_batches_while_consolidation_commits(
             if status == "open" and (total, count) != latest.drafts[invoice][1:]
         ]
 
-    pairs = [(a, b) for a, b in itertools.pairwise(cli) if a.n < b.n and changed(a)]
+    def next_time(sample: Sample) -> datetime | None:
+        """When the snapshot after the sample's was made; None unless every earlier snapshot
+        is older and every later one younger (a snapshot's time is when its transaction
+        started, so a writer's long transaction can commit after a younger one)."""
+        earlier = [t for i, t in history if i <= sample.snapshot_id]
+        later = [t for i, t in history if i > sample.snapshot_id]
+        if max(earlier) != sample.snapshot_time or not later or min(later) <= sample.snapshot_time:
+            return None
+        return min(later)
+
+    pairs = [
+        (a, b) for a, b in itertools.pairwise(cli) if a.n < b.n and changed(a) and next_time(a) is not None
+    ]
     assert pairs, f"no two samples apart with an open draft changed later: {[s.n for s in cli]}"
     before, after = pairs[0]
-    following = min(t for t in history if t > before.snapshot_time)
-    assert following <= after.snapshot_time
+    following = next_time(before)
+    assert following is not None and following <= after.snapshot_time
     moment = before.snapshot_time + (following - before.snapshot_time) / 2
     invoice = changed(before)[0]
     [earlier] = cli_query(out, DRAFT.format(invoice), "--at", moment.isoformat())
