@@ -44,19 +44,24 @@ def log_path(pipeline: FaultPipeline, instance: str) -> Path:
     return pipeline.out / "logs" / pipeline.workers(instance).log_name.format(stage="consolidation")
 
 
-def assignments(pipeline: FaultPipeline, instance: str) -> list[list[int]]:
-    """The partitions each `partitions_assigned` of an instance's consolidation log gave it."""
+def log_events(pipeline: FaultPipeline, instance: str, name: str) -> list[dict[str, Any]]:
+    """The entries named `name` of an instance's consolidation log (restarts append to it)."""
     try:
         lines = log_path(pipeline, instance).read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return []
     found = []
     for line in lines:
-        if line.startswith("{") and '"partitions_assigned"' in line:
+        if line.startswith("{") and f'"{name}"' in line:
             entry: dict[str, Any] = json.loads(line)
-            if entry.get("event") == "partitions_assigned":
-                found.append(sorted(entry["partitions"]))
+            if entry.get("event") == name:
+                found.append(entry)
     return found
+
+
+def assignments(pipeline: FaultPipeline, instance: str) -> list[list[int]]:
+    """The partitions each `partitions_assigned` of an instance's consolidation log gave it."""
+    return [sorted(e["partitions"]) for e in log_events(pipeline, instance, "partitions_assigned")]
 
 
 def stored_positions(pipeline: FaultPipeline) -> dict[int, int]:
@@ -142,6 +147,11 @@ def test_two_consolidation_processes_one_killed_give_the_invoices_of_one(
         fault.restarts = pipeline.restarts
         fault.notes.append(
             "partitions assigned: " + "; ".join(f"{i}: {assignments(pipeline, i)}" for i in INSTANCES)
+        )
+        # Batches whose store commit failed (a conflict, a busy catalog) were consumed again.
+        fault.notes.append(
+            "store batches aborted and replayed: "
+            + "; ".join(f"{i}: {len(log_events(pipeline, i, 'store_batch_aborted'))}" for i in INSTANCES)
         )
         fail("fault 9 (consolidation scale-out)", fault.seed, problems)
     finally:
