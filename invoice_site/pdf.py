@@ -41,6 +41,15 @@ log = structlog.get_logger(__name__)
 
 _BROWSERS: Final = ("chromium", "chromium-browser", "google-chrome")
 _TIMEOUT_S: Final = 60.0
+# A4 less the print stylesheet's 15 mm margins, in CSS pixels (96 per inch).
+_A4_INCHES: Final = (8.27, 11.69)
+_CONTENT_WIDTH_PX: Final = 680
+_SMALLEST_SCALE: Final = 0.5
+# The widest box of the page as printed: the document, or a box that would clip (scroll) its
+# content, such as a wide invoice-lines table in a horizontally scrolling container.
+_WIDEST: Final = """Math.max(document.documentElement.scrollWidth,
+  ...Array.from(document.querySelectorAll('*'), el =>
+    getComputedStyle(el).overflowX === 'visible' ? 0 : el.scrollWidth))"""
 _INSTALL_HINT: Final = "install the Debian package chromium (apt-get install chromium)"
 
 
@@ -126,6 +135,7 @@ class PdfPrinter:
             attached = self._call("Target.attachToTarget", {"targetId": target, "flatten": True})
             self._session = attached["sessionId"]
             self._call("Page.enable", {})
+            self._call("Emulation.setEmulatedMedia", {"media": "print"})
         except BaseException:
             self.close()
             raise
@@ -154,20 +164,21 @@ class PdfPrinter:
         shutil.rmtree(self._profile, ignore_errors=True)
 
     def print_html(self, html: str) -> bytes:
-        """The document printed with its print stylesheet (A4 unless its CSS says otherwise)."""
+        """The document printed on A4 with its print stylesheet, scaled down when a table
+        is wider than the page (a scrolling box would cut it off on paper)."""
         page = self._folder / "invoice.html"
         page.write_text(html, encoding="utf-8")
+        # Laid out at the page's width to measure it, then printed.
+        metrics = {"width": _CONTENT_WIDTH_PX, "height": 1000, "deviceScaleFactor": 1, "mobile": False}
+        self._call("Emulation.setDeviceMetricsOverride", metrics)
         self._call("Page.navigate", {"url": page.as_uri()}, until="Page.loadEventFired")
-        result = self._call(
-            "Page.printToPDF",
-            {
-                "printBackground": True,
-                "preferCSSPageSize": True,
-                "displayHeaderFooter": False,
-                "paperWidth": 8.27,  # A4, in inches
-                "paperHeight": 11.69,
-            },
-        )
+        widest = self._call("Runtime.evaluate", {"expression": _WIDEST, "returnByValue": True})
+        needed = float(widest.get("result", {}).get("value") or _CONTENT_WIDTH_PX)
+        self._call("Emulation.clearDeviceMetricsOverride", {})
+        scale = max(_SMALLEST_SCALE, min(1.0, _CONTENT_WIDTH_PX / needed))
+        width, height = _A4_INCHES
+        options = {"printBackground": True, "displayHeaderFooter": False, "scale": round(scale, 3)}
+        result = self._call("Page.printToPDF", {**options, "paperWidth": width, "paperHeight": height})
         return base64.b64decode(result["data"])
 
     # -- the DevTools protocol: NUL-terminated JSON messages
