@@ -18,7 +18,6 @@ import hashlib
 import os
 from collections.abc import Collection
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,26 +25,18 @@ import duckdb
 import structlog
 
 from invoice_site.einvoice import blockers, cii_xml
-from invoice_site.model import Draft, Line
+from invoice_site.invoice_page import invoice_document
+from invoice_site.model import Draft, Invoice
 from invoice_site.pdf import PdfPrinter, embed_einvoice, install_chromium, pdf_keywords, with_keywords
-from invoice_site.render import account_folder, invoice_file, invoice_page_html
+from invoice_site.render import account_folder, invoice_file
+from invoice_site.store_read import read_accounts
 from meterline.catalog import Catalog
 
-__all__ = ["document_paths", "write_documents"]
+__all__ = ["document_paths", "read_final_invoices", "write_documents"]
 
 log = structlog.get_logger(__name__)
 
 _SOURCE: Final = "meterline-source "
-_DRAFT_COLUMNS: Final = (
-    "invoice_id, account_id, period, period_start, period_end, currency, subtotal, discount, tax, "
-    "total, status, issue_date, due_date, event_count, generated_at"
-)
-
-
-@dataclass(slots=True)
-class _Final:
-    draft: Draft
-    lines: list[Line]
 
 
 def document_paths(site_dir: str | Path, account_id: str, invoice_id: str) -> tuple[Path, Path]:
@@ -74,7 +65,7 @@ def write_documents(
     written: list[Path] = []
     with ExitStack() as stack:
         printer: PdfPrinter | None = None
-        for invoice in _read_finals(store_db, invoice_ids, accounts):
+        for invoice in read_final_invoices(store_db, catalog, invoice_ids, accounts):
             draft = invoice.draft
             account = catalog.accounts.get(draft.account_id)
             pdf_path, xml_path = document_paths(site, draft.account_id, draft.invoice_id)
@@ -86,7 +77,8 @@ def write_documents(
             elif xml_path.exists():
                 xml_path.unlink()  # the catalog lost the details it was made from
                 log.info("einvoice_removed", invoice_id=draft.invoice_id, path=str(xml_path))
-            html = invoice_page_html(store_db, catalog, draft.invoice_id)
+            # The page as invoice_page_html gives it: standalone, no navigation.
+            html = invoice_document(invoice, account, catalog)
             source = hashlib.sha256(html.encode("utf-8") + b"\0" + (xml or b"")).hexdigest()
             keywords = f"invoice {draft.invoice_id}; {_SOURCE}{source}"
             if _SOURCE + source in (pdf_keywords(pdf_path) or ""):
@@ -112,39 +104,36 @@ def _metadata(draft: Draft, account: Any, catalog: Catalog, keywords: str) -> di
     }
 
 
-def _read_finals(
-    db: duckdb.DuckDBPyConnection, invoice_ids: Collection[str] | None, accounts: Collection[str] | None
-) -> list[_Final]:
-    """Final drafts and their lines, in one snapshot."""
+def read_final_invoices(
+    db: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    invoice_ids: Collection[str] | None,
+    accounts: Collection[str] | None,
+) -> list[Invoice]:
+    """The final invoices asked for, with all their page shows, in one snapshot."""
     conditions = ["status = 'final'"]
     params: list[Any] = []
     for column, values in (("invoice_id", invoice_ids), ("account_id", accounts)):
         if values is not None:
             params.append(sorted(values))
             conditions.append(f"{column} IN (SELECT unnest(${len(params)}::VARCHAR[]))")
-    where = " AND ".join(conditions)
+    zones = {account.id: account.timezone for account in catalog.accounts.values()}
     db.execute("BEGIN TRANSACTION")
     try:
-        finals: dict[str, _Final] = {}
-        for row in db.execute(
-            f"""SELECT {_DRAFT_COLUMNS} FROM invoice_drafts WHERE {where}
-            QUALIFY row_number() OVER (PARTITION BY invoice_id ORDER BY generated_at DESC) = 1
-            ORDER BY account_id, period""",
-            params,
-        ).fetchall():
-            finals[row[0]] = _Final(Draft(*row), [])
-        for row in db.execute(
-            f"""SELECT invoice_id, line_no, kind, charge_id, description, quantity, unit, unit_price, amount
-            FROM invoice_lines WHERE invoice_id IN (SELECT invoice_id FROM invoice_drafts WHERE {where})
-            ORDER BY invoice_id, line_no""",
-            params,
-        ).fetchall():
-            owner = finals.get(row[0])
-            if owner is not None:
-                owner.lines.append(Line(*row[1:]))
+        wanted = dict(
+            db.execute(
+                f"SELECT invoice_id, account_id FROM invoice_drafts WHERE {' AND '.join(conditions)}", params
+            ).fetchall()
+        )
+        sites = read_accounts(db, set(wanted.values()), zones) if wanted else {}
     finally:
         db.execute("ROLLBACK")
-    return list(finals.values())
+    return [
+        invoice
+        for account_id in sorted(sites)
+        for invoice in sites[account_id].invoices
+        if invoice.draft.invoice_id in wanted and invoice.draft.status == "final"
+    ]
 
 
 def _write_bytes(path: Path, data: bytes) -> bool:

@@ -17,7 +17,7 @@ from lxml import etree
 
 from generator import generate_catalog, generate_events
 from invoice_site import render_site
-from invoice_site.documents import _read_finals
+from invoice_site.documents import read_final_invoices
 from invoice_site.einvoice import EInvoiceError, blockers, cii_xml
 from invoice_site.render import account_folder, invoice_file
 from mediation.formats import parse_record
@@ -48,7 +48,7 @@ TOTALS = f"{SUMMARY}/ram:SpecifiedTradeSettlementHeaderMonetarySummation"
 def _finals(store: Store) -> dict[str, Any]:
     db = store.reader()
     try:
-        return {final.draft.account_id: final for final in _read_finals(db, None, None)}
+        return {final.draft.account_id: final for final in read_final_invoices(db, store.catalog, None, None)}
     finally:
         db.close()
 
