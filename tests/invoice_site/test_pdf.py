@@ -17,8 +17,11 @@ from pypdf import PdfReader
 
 from invoice_site import pdf
 from invoice_site.documents import document_paths, write_documents
+from meterline.broker import EmbeddedBroker
 from meterline.catalog_file import parse_catalog
 from meterline.cli import main
+from meterline.config import Settings
+from meterline.publish import publish_catalog
 from tests.invoice_site.conftest import Store
 from tests.invoice_site.parties import BUYERS, party_document, party_store_in
 
@@ -155,3 +158,22 @@ def test_without_chromium_and_apt_the_failure_says_what_to_install(
     assert "Chromium is not installed and apt-get cannot run here" in err and "--no-documents" in err
     # the e-invoices were written before the first PDF was needed
     assert len(list((party_store.out / "site").rglob("*.xml"))) >= 1
+
+
+@pytest.mark.integration
+def test_sellers_and_buyers_come_through_the_contracts_topic(
+    party_store: Store, broker: EmbeddedBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `make demo` does: the catalog is published, and `meterline site` reads it back."""
+    prefix = "einvoice."  # topics of their own on the shared broker
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(party_document()))
+    publish_catalog(Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=prefix), catalog)
+    config = tmp_path / "meterline.toml"
+    config.write_text(f'bootstrap_servers = "{broker.bootstrap_servers}"\ntopic_prefix = "{prefix}"\n')
+    assert main(["site", "--out", str(party_store.out), "--config", str(config)]) == 0
+    assert capsys.readouterr().out.endswith("documents: 7 PDF and e-invoice files written\n")
+    ids = _invoice_ids(party_store)
+    for account in BUYERS:
+        pdf_path, xml_path = document_paths(party_store.out / "site", account, ids[account])
+        assert facturx.get_xml_from_pdf(pdf_path.read_bytes(), check_xsd=True)[1] == xml_path.read_bytes()
