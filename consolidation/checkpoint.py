@@ -22,7 +22,7 @@ import duckdb
 import pyarrow as pa
 import structlog
 
-from consolidation.store import BillingStore, Delta, Position, PositionMovedError, is_conflict
+from consolidation.store import BillingStore, Delta, Position, PositionMovedError, error_text, is_conflict
 from meterline.checkpoint import Failure, commit_checkpoint
 
 log = structlog.get_logger()
@@ -67,7 +67,7 @@ class StoreCheckpoint:
 
     def abort(self, error: Exception) -> Failure:
         self.store.abort()
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        detail = error_text(error)
         log.warning("store_batch_aborted", error=detail, conflict=is_conflict(error))
         return (detail, False)
 

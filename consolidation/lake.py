@@ -27,10 +27,13 @@ image that installs extensions itself) DuckDB's own INSTALL is used.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
+import os
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -39,6 +42,7 @@ import duckdb
 
 ALIAS: Final = "billing"
 CATALOG_FILE: Final = "billing.sqlite"
+LOCK_FILE: Final = "billing.sqlite.lock"
 DATA_DIR: Final = "data"
 # The catalog keeps this, relative: each connection supplies where it is now.
 STORED_DATA_PATH: Final = f"{DATA_DIR}/"
@@ -126,11 +130,13 @@ def connect(
         # A database catalog may be empty: a writer attaches it with the relative path first.
         if not existed or (catalog and not read_only):
             folder.mkdir(parents=True, exist_ok=True)
-            # Created with the relative data path, then attached like every later connection.
-            _attach_creating(db, f"ATTACH '{uri}' AS {ALIAS} (DATA_PATH '{STORED_DATA_PATH}')")
-            db.execute(f"DETACH {ALIAS}")
-            if not catalog:
-                _write_ahead_log(folder / CATALOG_FILE)
+            # Created with the relative data path, then attached like every later connection;
+            # writers creating one SQLite catalog at once take turns.
+            with WriterLock(folder, catalog).held():
+                _attach_creating(db, f"ATTACH '{uri}' AS {ALIAS} (DATA_PATH '{STORED_DATA_PATH}')")
+                db.execute(f"DETACH {ALIAS}")
+                if not catalog:
+                    _write_ahead_log(folder / CATALOG_FILE)
         options = [f"DATA_PATH '{_sql_text((folder / DATA_DIR).as_posix())}/'", "OVERRIDE_DATA_PATH true"]
         if read_only:
             options.append("READ_ONLY")
@@ -178,3 +184,40 @@ def _write_ahead_log(path: Path) -> None:
 
 def _sql_text(text: str) -> str:
     return text.replace("'", "''")
+
+
+class WriterLock:
+    """One writer transaction at a time on a SQLite catalog, across processes.
+
+    SQLite lets one connection write at a time, and DuckLake's commit fails with
+    "database is locked" (no busy wait, no retry) when another writer's transaction
+    began first and commits in between: two workers with overlapping transactions would
+    abort each other's batches, and a long one (a close) might never commit. An advisory
+    lock on `billing.sqlite.lock`, held from BEGIN to COMMIT, makes them queue instead.
+    A database catalog (PostgreSQL) takes concurrent writers: no lock then.
+    """
+
+    def __init__(self, out: Path, catalog: str) -> None:
+        self._path = None if catalog else out / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._path is None or self._fd is not None:
+            return
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the other writer's commit
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()

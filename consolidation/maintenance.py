@@ -21,7 +21,7 @@ from collections.abc import Collection
 import duckdb
 import structlog
 
-from consolidation.store import BillingStore, is_conflict
+from consolidation.store import BillingStore, error_text, is_conflict
 from consolidation.store_schema import DELTA_SCHEMA, column_list
 
 log = structlog.get_logger()
@@ -64,7 +64,7 @@ def roll_up(store: BillingStore, topic: str, partitions: Collection[int]) -> Non
         try:
             store.retrying(one)
         except duckdb.Error as exc:  # the next maintenance tries again
-            log.warning("roll_up_failed", partition=partition, error=str(exc).splitlines()[0])
+            log.warning("roll_up_failed", partition=partition, error=error_text(exc))
 
 
 def checkpoint(store: BillingStore, history_days: int) -> bool:
@@ -75,16 +75,17 @@ def checkpoint(store: BillingStore, history_days: int) -> bool:
     db = store.db
     try:
         catalog = _catalog(db)
-        db.execute(f"CALL {catalog}.set_option('expire_older_than', '{int(history_days)} days')")
-        # Unreferenced files are deleted only once this old: a file another worker has just
-        # written for its open transaction looks orphaned, and a long read may still scan a
-        # file a merge replaced.
-        db.execute(f"CALL {catalog}.set_option('delete_older_than', '{FILE_GRACE}')")
-        db.execute("CHECKPOINT")
+        with store.writer.held():
+            db.execute(f"CALL {catalog}.set_option('expire_older_than', '{int(history_days)} days')")
+            # Unreferenced files are deleted only once this old: a file another worker has just
+            # written for its open transaction looks orphaned, and a long read may still scan a
+            # file a merge replaced.
+            db.execute(f"CALL {catalog}.set_option('delete_older_than', '{FILE_GRACE}')")
+            db.execute("CHECKPOINT")
     except duckdb.Error as exc:
         if not is_conflict(exc):
             raise
-        log.info("store_checkpoint_skipped", error=str(exc).splitlines()[0])
+        log.info("store_checkpoint_skipped", error=error_text(exc))
         return False
     return True
 
@@ -94,11 +95,12 @@ def merge_period(store: BillingStore, period: str) -> None:
     DuckLake merges per table partition)."""
     db = store.db
     try:
-        db.execute(f"CALL ducklake_merge_adjacent_files('{_catalog(db)}', 'rated_usage')")
+        with store.writer.held():
+            db.execute(f"CALL ducklake_merge_adjacent_files('{_catalog(db)}', 'rated_usage')")
     except duckdb.Error as exc:
         if not is_conflict(exc):
             raise
-        log.info("store_merge_skipped", period=period, error=str(exc).splitlines()[0])
+        log.info("store_merge_skipped", period=period, error=error_text(exc))
 
 
 def _catalog(db: duckdb.DuckDBPyConnection) -> str:

@@ -1,14 +1,11 @@
 """The consolidator's outputs: the billing store (DuckLake; see consolidation.lake).
 
-Consumed Kafka offsets are stored in the store, in the same store transaction as
-the rows and totals they produced, so the sink is exactly-once: on assignment it
-seeks to them. Every commit is a DuckLake snapshot: readers see whole batches or
-nothing, and earlier snapshots stay readable (draft history).
-
-Several consolidation processes may write one store, each owning the rated
-topic's partitions the consumer group gave it. Per-batch writes only append, so
-they never conflict; a commit that conflicts all the same (a preview, a close, or
-maintenance touching the same files as another process) is retried.
+Consumed offsets are stored with the rows and totals they produced, in one store
+transaction (a DuckLake snapshot: readers see whole batches, earlier ones stay
+readable), so the sink is exactly-once: on assignment it seeks to them. Several
+workers may write one store, each owning its rated partitions; per-batch writes only
+append, and a write that conflicts with another worker's (a preview, a close,
+maintenance) is retried. On a SQLite catalog writers take turns (lake.WriterLock).
 """
 
 from __future__ import annotations
@@ -68,6 +65,11 @@ class PositionMovedError(Exception):
     committed for it (it owns the partition now). The batch is not stored."""
 
 
+def error_text(exc: BaseException) -> str:
+    """The whole message on one line: DuckLake puts the cause after a generic first line."""
+    return " ".join(str(exc).split())[:500] or type(exc).__name__
+
+
 def is_conflict(exc: BaseException) -> bool:
     """A commit that lost a race with another writer (DuckLake conflict, busy catalog)."""
     return isinstance(exc, duckdb.TransactionException) or (
@@ -81,7 +83,13 @@ class BillingStore:
     def __init__(self, out_dir: str | Path, catalog: str = "") -> None:
         self.out = Path(out_dir).absolute()
         self.db = lake.connect(self.out, catalog=catalog)
-        self.retrying(lambda: create_missing(self.db), also=duckdb.CatalogException)
+        self.writer = lake.WriterLock(self.out, catalog)  # held by every write transaction
+
+        def create() -> None:
+            with self.writer.held():
+                create_missing(self.db)
+
+        self.retrying(create, also=duckdb.CatalogException)
         # Exports are written to a temporary name and renamed: a killed writer's leftovers go.
         for path in temporary_files(self.out / "invoices", self.out / "rejected"):
             path.unlink(missing_ok=True)
@@ -94,13 +102,12 @@ class BillingStore:
     @contextmanager
     def transaction(self) -> Any:
         db = self.db
-        db.execute("BEGIN TRANSACTION")
+        self.begin()
         try:
             yield db
-            db.execute("COMMIT")
+            self.commit()
         except BaseException:
-            with suppress(duckdb.Error):  # a failed COMMIT has ended the transaction already
-                db.execute("ROLLBACK")
+            self.abort()
             raise
 
     def retrying(self, work: Callable[[], T], also: type[duckdb.Error] | None = None) -> T:
@@ -116,7 +123,7 @@ class BillingStore:
                 if not retry or time.monotonic() >= deadline:
                     raise
                 attempt += 1
-                log.info("store_commit_conflict", attempt=attempt, error=str(exc).splitlines()[0])
+                log.info("store_commit_conflict", attempt=attempt, error=error_text(exc))
                 time.sleep(min(0.01 * attempt, 0.5))
 
     # -- positions -------------------------------------------------------------
@@ -186,7 +193,12 @@ class BillingStore:
         return {(a, p, c, m, k): amount for a, p, c, m, k, amount in rows}
 
     def begin(self) -> None:
-        self.db.execute("BEGIN TRANSACTION")
+        self.writer.acquire()
+        try:
+            self.db.execute("BEGIN TRANSACTION")
+        except BaseException:
+            self.writer.release()
+            raise
 
     def write_rated(self, tables: Iterable[pa.Table]) -> None:
         for table in tables:
@@ -214,11 +226,15 @@ class BillingStore:
         self._append("usage_deltas", table)
 
     def commit(self) -> None:
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        finally:
+            self.writer.release()
 
     def abort(self) -> None:
         with suppress(duckdb.Error):  # the transaction ended with a failed COMMIT already
             self.db.execute("ROLLBACK")
+        self.writer.release()
 
     # -- usage and drafts ------------------------------------------------------
 
@@ -306,17 +322,6 @@ class BillingStore:
                    OR (any_value(d.status) = 'open' AND any_value(d.event_count) <> sum(u.event_count))"""
         ).fetchall()
         return {(a, p) for a, p in rows if owned(a)}
-
-    def save_run_counts(self, counts: dict[str, int], rejected: Mapping[str, int]) -> None:
-        """The run's event counts (`run_counts`) and rejections by reason (`rejected_counts`;
-        the rejected records themselves are rows of `rejected_events`)."""
-        with self.transaction() as db:
-            db.execute("DELETE FROM run_counts")
-            db.execute("DELETE FROM rejected_counts")
-            if counts:
-                db.executemany("INSERT INTO run_counts VALUES (?, ?)", list(counts.items()))
-            if rejected:
-                db.executemany("INSERT INTO rejected_counts VALUES (?, ?)", sorted(rejected.items()))
 
     # -- closes ----------------------------------------------------------------
 

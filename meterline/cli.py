@@ -74,8 +74,9 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     # The demo owns its output folder: each demo replaces the previous one's outputs.
     result = run_pipeline(
-        load_settings(None), str(catalog), [InputFile(events, "auto")], args.out, True, overwrite=True
-    )
+        load_settings(None), str(catalog), [InputFile(events, "auto")], args.out, True, overwrite=True,
+        documents=True,
+    )  # fmt: skip
     print_summary(result, args.out)
     print(f"elapsed: {time.monotonic() - started:.1f}s")
     return 0 if result.reconciled else EXIT_FAILURE

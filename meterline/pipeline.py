@@ -23,14 +23,13 @@ from typing import IO, Final
 
 import orjson
 
-from consolidation import lake
 from consolidation.close_control import export_final_invoices
 from consolidation.closing import accounts_active_in, finalize_period, reconcile_amounts, refresh_previews
 from consolidation.currency import minor_units
-from consolidation.lake import CATALOG_FILE, DATA_DIR
+from consolidation.lake import CATALOG_FILE, DATA_DIR, LOCK_FILE
 from consolidation.rejected_feed import catch_up
 from consolidation.store import BillingStore
-from invoice_site import render_site
+from invoice_site.run_outputs import write_invoice_documents, write_site
 from meterline.broker import EmbeddedBroker
 from meterline.catalog import Catalog
 from meterline.catalog_file import load_catalog
@@ -53,8 +52,8 @@ class OutputExists(UserError):
 # What a run writes into --out: the billing store, its Parquet datasets, the workers'
 # logs and the invoice site. Only these are ever removed by --overwrite.
 OUTPUTS: Final = (
-    CATALOG_FILE, f"{CATALOG_FILE}-wal", f"{CATALOG_FILE}-shm", DATA_DIR, "invoices", "logs", "site",
-    "rejected", REJECTED_FILE,
+    CATALOG_FILE, f"{CATALOG_FILE}-wal", f"{CATALOG_FILE}-shm", LOCK_FILE, DATA_DIR,
+    "invoices", "logs", "site", "rejected", REJECTED_FILE,
 )  # fmt: skip
 
 
@@ -100,6 +99,8 @@ class RunResult:
     rejected_file: Path | None = None
     # The invoice site's top page, written after the close.
     site_index: Path | None = None
+    # What became of the PDFs and e-invoices of the final invoices (demo only).
+    documents: str | None = None
 
     def summary(self) -> dict[str, int]:
         t = self.totals
@@ -234,13 +235,15 @@ def run_pipeline(
     timeout_s: float = 3600,
     overwrite: bool = False,
     cdr_timezone: str | None = None,
+    documents: bool = False,
 ) -> RunResult:
     """Run the whole pipeline on a private embedded broker; outputs go to `out_dir`.
 
     An `out_dir` holding an earlier run's outputs is refused (OutputExists) unless
     `overwrite`, which removes those outputs first. Each rejection is listed with its
     input file and line in `out_dir/rejected.jsonl`. `cdr_timezone` is the zone of the
-    times of Asterisk CSV inputs.
+    times of Asterisk CSV inputs. `documents`: also print the final invoices' PDFs and
+    e-invoices (the demo does; `meterline site` does it for any output).
     """
     catalog = load_catalog(catalog_path)  # a bad catalog fails here, before anything starts
     out = Path(out_dir).resolve()
@@ -271,7 +274,9 @@ def run_pipeline(
             workers.stop()
         _, rejected_file = write_rejected(s, s.topics.name(raw.name), lines, out)
         result = _finish(s, catalog, out, totals, published, close_all)
-        return replace(result, rejected_file=rejected_file, site_index=write_site(s, catalog, out))
+        site_index = write_site(s, catalog, out)
+        made = write_invoice_documents(s, catalog, out, site_index.parent) if documents else None
+        return replace(result, rejected_file=rejected_file, site_index=site_index, documents=made)
 
 
 def _wait_drained(settings: Settings, workers: Workers, published: int, timeout_s: float) -> Totals:
@@ -329,10 +334,13 @@ def _finish(
                 f"events in {totals.events_in} != rated {totals.rated} + duplicates "
                 f"{totals.duplicates} + rejected {totals.rejected_total}"
             )
-        store.save_run_counts(
-            {"events_in": totals.events_in, "rated": totals.rated, "duplicates": totals.duplicates},
-            totals.rejected,
-        )
+        counts = {"events_in": totals.events_in, "rated": totals.rated, "duplicates": totals.duplicates}
+        with store.transaction() as db:  # `run_counts`, and rejections by reason (`rejected_counts`)
+            db.execute("DELETE FROM run_counts")
+            db.execute("DELETE FROM rejected_counts")
+            db.executemany("INSERT INTO run_counts VALUES (?, ?)", list(counts.items()))
+            for reason, events in sorted(totals.rejected.items()):
+                db.execute("INSERT INTO rejected_counts VALUES (?, ?)", [reason, events])
         invoices = store.count_drafts("final") + store.count_drafts("open")
         by_currency = store.db.execute(
             "SELECT currency, count(*), sum(total) FROM invoice_drafts GROUP BY 1 ORDER BY 1"
@@ -348,18 +356,6 @@ def _finish(
         )
     finally:
         store.close()
-
-
-def write_site(settings: Settings, catalog: Catalog, out: Path) -> Path:
-    """Render the invoice site of the closed store (to `site_dir`, default DIR/site); returns
-    its index page."""
-    site_dir = Path(settings.site_dir) if settings.site_dir else out / "site"
-    db = lake.connect(out, catalog=settings.store_catalog, read_only=True)
-    try:
-        render_site(db, catalog, site_dir)
-    finally:
-        db.close()
-    return site_dir.absolute() / "index.html"
 
 
 def print_summary(result: RunResult, out_dir: str, stream: IO[str] = sys.stdout) -> None:
@@ -382,6 +378,8 @@ def print_summary(result: RunResult, out_dir: str, stream: IO[str] = sys.stdout)
         stream.write(f"invoice totals {currency}: {count} drafts, {exact:,}\n")
     if result.site_index is not None:
         stream.write(f"site: {result.site_index.as_uri()}\n")
+    if result.documents is not None:
+        stream.write(f"documents: {result.documents}\n")
     for name, value in result.summary().items():
         stream.write(f"{name}: {value}\n")
 

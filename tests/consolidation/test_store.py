@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -157,3 +158,29 @@ def test_previews_then_final_are_idempotent_and_exported(store: BillingStore) ->
     assert pq.read_table(store.out / "invoices" / "period=2026-09" / "invoice_lines.parquet").num_rows == (
         lines[0] if lines else -1
     )
+
+
+def test_overlapping_writers_on_the_sqlite_catalog_queue_and_both_commit(tmp_path: Path) -> None:
+    """SQLite's catalog fails a DuckLake commit whose transaction began before another
+    writer's commit ("database is locked"): the writer lock makes the second one wait."""
+    first, second = BillingStore(tmp_path / "out"), BillingStore(tmp_path / "out")
+    key: Key = ("alpha", "2026-09", "eur-api", "api_calls", "alpha-1")
+    began = threading.Event()
+
+    def write(store: BillingStore, partition: int) -> None:
+        with store.transaction():
+            began.set()
+            store.write_deltas([(key, Decimal(1), Decimal(1), 1, partition, 0)])
+
+    try:
+        with first.transaction():
+            first.write_deltas([(key, Decimal(1), Decimal(1), 1, 0, 0)])
+            other = threading.Thread(target=write, args=(second, 1))
+            other.start()
+            assert not began.wait(0.5), "the second writer began while the first held the store"
+        other.join(30)
+        assert began.is_set()
+        assert first.stored_amounts([key]) == {key: Decimal(2)}
+    finally:
+        first.close()
+        second.close()

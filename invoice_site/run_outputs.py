@@ -1,0 +1,37 @@
+"""The invoice site and documents of a `meterline run` / `meterline demo` output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from consolidation import lake
+from invoice_site.documents import write_documents
+from invoice_site.pdf import PdfError
+from invoice_site.render import render_site
+from meterline.catalog import Catalog
+from meterline.config import Settings
+
+
+def write_site(settings: Settings, catalog: Catalog, out: Path) -> Path:
+    """Render the invoice site of the closed store (to `site_dir`, default DIR/site); returns
+    its index page."""
+    site_dir = Path(settings.site_dir) if settings.site_dir else out / "site"
+    db = lake.connect(out, catalog=settings.store_catalog, read_only=True)
+    try:
+        render_site(db, catalog, site_dir)
+    finally:
+        db.close()
+    return site_dir.absolute() / "index.html"
+
+
+def write_invoice_documents(settings: Settings, catalog: Catalog, out: Path, site_dir: Path) -> str:
+    """The PDF and EN 16931 e-invoice of every final invoice; says what was written, or why
+    nothing was (Chromium neither found nor installable, say)."""
+    db = lake.connect(out, catalog=settings.store_catalog, read_only=True)
+    try:
+        written = write_documents(db, catalog, site_dir)
+    except PdfError as exc:
+        return f"not written ({exc}); install chromium, then run meterline site --out {out}"
+    finally:
+        db.close()
+    return f"{len(written)} PDF and e-invoice files"
