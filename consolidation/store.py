@@ -43,8 +43,7 @@ TotalKey = tuple[str, str, str, str, str]  # account, period, charge, meter, con
 # (key, aggregate after, amount, events, partition, last offset)
 Delta = tuple[TotalKey, Decimal, Decimal, int, int, int]
 
-# A commit that conflicts with another process's is retried this long.
-CONFLICT_RETRY_S: Final = 60.0
+CONFLICT_RETRY_S: Final = 60.0  # a commit conflicting with another worker's: retried this long
 T = TypeVar("T")
 
 _LATEST_POSITIONS: Final = """
