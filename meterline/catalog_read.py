@@ -36,14 +36,19 @@ class CatalogError(ValueError):
         self.problem = problem
 
 
+_PATH_SPECIAL: Final = ' .[]"'
+
+
 def format_path(parts: Iterable[PathPart]) -> str:
     """`("plans", 1, "charges", 0, "id")` -> `plans[1].charges[0].id`; the root is `$`."""
     text = ""
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
-        else:
+        elif part and part.isprintable() and not any(c in part for c in _PATH_SPECIAL):
             text += f".{part}" if text else part
+        else:  # a key that would break the path, or the one-line message: quoted, escaped
+            text += f"[{json.dumps(part)}]"
     return text or "$"
 
 

@@ -38,6 +38,7 @@ from meterline.catalog_file import (
     parse_catalog,
     read_catalog_document,
 )
+from meterline.catalog_read import format_path
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 EXAMPLE = DATA / "catalog.yaml"
@@ -556,3 +557,9 @@ def test_iso_4217_currencies_validate(currency: str) -> None:
     document = minimal()
     document["plans"][0]["currency"] = currency
     assert parse_catalog(document).plans["p"].currency == currency
+
+
+def test_a_path_through_an_odd_key_stays_one_readable_line() -> None:
+    assert format_path(("meters", 0, "code")) == "meters[0].code"
+    assert format_path(("meters", 0, "a\nb")) == 'meters[0]["a\\nb"]'
+    assert format_path(("plans", "x.y", "")) == 'plans["x.y"][""]'
