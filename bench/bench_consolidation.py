@@ -91,6 +91,7 @@ class Sink:
     wall_s: float  # process start until every rated record was consumed
     snapshots: int  # store commits (DuckLake snapshots) the run made
     reads: list[float]  # the live reader's query seconds (1+reader only)
+    reader_cpu: float  # CPU seconds of the reader process, all threads, startup included
 
 
 def _wait(
@@ -217,8 +218,7 @@ def throughput(prepared: Prepared, out: Path, setup: str, profile: bool = False)
         replay(settings.bootstrap_servers, RATED, prepared.rated)
         reader = StatsReader(settings.bootstrap_servers, {})
         live: list[subprocess.Popen[bytes]] = []
-        # Created first: two workers creating one new store's tables at once may fail (one gets
-        # CatalogException "already exists"), and the reader waits for the tables.
+        # Created first, so every setup starts alike: creating the tables is not what is timed.
         BillingStore(out).close()
         try:
             if setup == "1+reader":
@@ -238,15 +238,25 @@ def throughput(prepared: Prepared, out: Path, setup: str, profile: bool = False)
     assigned = fleet.assignments()
     if workers == 2 and len([p for p in assigned.values() if p]) != 2:
         raise BenchmarkFailed(f"expected both workers to own partitions, got {assigned}")
-    print(f"{setup}: {rated / (done_at - started):,.0f} events/s wall, partitions {assigned}", flush=True)
+    logs = "".join((out / "logs" / f"{i}.log").read_text() for i in fleet.processes)
+    aborted = [orjson.loads(n)["error"][:80] for n in logs.splitlines() if '"store_batch_aborted"' in n]
+    conflicts = logs.count('"store_commit_conflict"')
+    print(f"{setup}: {rated / (done_at - started):,.0f} events/s wall, partitions {assigned}, aborted: "
+          f"{len(aborted)} {sorted(set(aborted))}, conflicts retried: {conflicts}", flush=True)  # fmt: skip
     if done.stored != rated:
         raise BenchmarkFailed(f"consolidation stored {done.stored} of {rated} rated events")
     snapshots = _check_store(out, rated)
-    reads = _reads(out / "reader.jsonl") if live else []
+    reads, reader_cpu = _reads(out / "reader.jsonl") if live else ([], 0.0)
     if profile:
         for instance in fleet.processes:
             pstats.Stats(str(out / f"{instance}.prof")).sort_stats("cumulative").print_stats(40)
-    return Sink((rated - first.stored) / max(done_at - first_at, 1e-9), done_at - started, snapshots, reads)
+    return Sink(
+        (rated - first.stored) / max(done_at - first_at, 1e-9),
+        done_at - started,
+        snapshots,
+        reads,
+        reader_cpu,
+    )
 
 
 def _check_store(out: Path, rated: int) -> int:
@@ -272,17 +282,15 @@ def _check_store(out: Path, rated: int) -> int:
     return int(snapshots[0]) if snapshots else 0
 
 
-def _reads(path: Path) -> list[float]:
-    """The live reader's query times; every answer must show whole batches."""
-    seconds = []
-    for line in path.read_bytes().splitlines():
-        answer = orjson.loads(line)
+def _reads(path: Path) -> tuple[list[float], float]:
+    """The live reader's query times and CPU seconds; every answer must show whole batches."""
+    answers = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    if not answers:
+        raise BenchmarkFailed("the live reader made no query")
+    for answer in answers:
         if answer["rated"] != (answer["counted"] or 0):
             raise BenchmarkFailed(f"the reader saw part of a batch: {answer}")
-        seconds.append(answer["s"])
-    if not seconds:
-        raise BenchmarkFailed("the live reader made no query")
-    return seconds
+    return [a["s"] for a in answers], answers[-1]["cpu"]
 
 
 def reader(out: Path, interval: float = 1.0) -> None:
@@ -299,9 +307,9 @@ def reader(out: Path, interval: float = 1.0) -> None:
             time.sleep(0.1)
     while True:
         started = time.perf_counter()
-        rated, counted, drafted = db.execute(READER_QUERY).fetchone() or (0, 0, 0)
+        rated, counted, _ = db.execute(READER_QUERY).fetchone() or (0, 0, 0)
         seconds = time.perf_counter() - started
-        line = {"at": time.time(), "s": seconds, "rated": rated, "counted": counted, "drafted": drafted}
+        line = {"s": seconds, "cpu": time.process_time(), "rated": rated, "counted": counted}
         sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
         sys.stdout.flush()
         time.sleep(max(0.0, interval - seconds))
@@ -369,9 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         if setup == "1+reader":
             reads = [r for s in runs for r in s.reads]
             rows.append(
-                ("live reader: queries per run; query s median / max",
+                ("live reader: queries per run; query s median / max; reader process CPU s per run",
                  f"{spread([float(len(s.reads)) for s in runs])}; "
-                 f"{statistics.median(reads):.3f} / {max(reads):.3f}")
+                 f"{statistics.median(reads):.3f} / {max(reads):.3f}; "
+                 f"{spread([s.reader_cpu for s in runs], '.1f')}")
             )  # fmt: skip
     if args.no_record or args.profile:
         for name, value in rows:
@@ -383,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{published:,} generated events ({args.accounts} accounts, SaaS + telecom) through mediation and "
         f"rating once ({rated:,} rated); each run replays the rated topic to a fresh broker and times the "
         f"setup's `meterline consolidation` workers on {PARTITIONS} partitions and one new store (SQLite "
-        "catalog, tables created before the workers start: two workers creating them at once may fail) "
+        "catalog, tables created before the workers start, as two workers creating them at once could fail "
+        "before commit 9cbedb4) "
         "by their meterline.stats progress; rated_usage and usage_totals checked each run (each event "
         "once, reconciliation); the reader's answers checked to show whole batches. Setups "
         "interleaved. Store maintenance (every 300 s by default) did not run within these runs. Figures "

@@ -1,26 +1,23 @@
 """The billing store (DuckLake) alone: closing 100,000 accounts, and its files before and after upkeep.
 
-    .venv/bin/python -m bench.bench_store [--close-accounts 100000] [--rows 1000000]
-                                          [--batch-rows 5000] [--runs 3] [--no-record]
+    .venv/bin/python -m bench.bench_store [--close-accounts 100000] [--rows 1000000] [--batch-rows 5000]
+                                          [--reader-rows 0] [--runs 3] [--no-record]
 
-1. Close. The catalog of --close-accounts generated accounts is built once. Each
-   run: a fresh BillingStore gets the usage totals of every charge of every
-   contract in effect (priced with rating.pricing) plus one rated-usage row per
-   total, in one store_batch; then the close is timed as a worker runs it:
-   `finalize_period` (drafts for every active account written to the store, the
-   period's files merged, reconciliation) and `export_final_invoices` (Parquet).
-   Checked each run: one final draft per active account, Parquet rows = store
-   rows, reconciliation holds.
+1. Close. Each run: a fresh store gets, in one store_batch, the usage totals of
+   every charge of every contract in effect of a generated catalog (priced with
+   rating.pricing) and one rated row per total; then timed as a worker closes:
+   `finalize_period` and `export_final_invoices`. Checked: one final draft per
+   active account, Parquet rows = store rows, reconciliation.
 2. Files. Each run: --rows rated rows of one period into a fresh store through
    store_batch, --batch-rows per commit, each commit shaped as one worker's batch
-   over 4 partitions (a table per partition, a delta per key, a position per
-   partition); no Kafka. Counted: Parquet files under DIR/data, and the data files
-   the current snapshot reads (ducklake_data_file rows not ended). Then timed: the
-   worker's upkeep (roll_up of the 4 partitions, `checkpoint` keeping 400 days of
-   history) and `checkpoint` keeping none, files counted after each; last, for
-   comparison, a CHECKPOINT with DuckLake's delete_older_than at 0 s (maintenance
-   leaves it unset). Checked each time: each row once, usage_totals counts them
-   all, reconciliation; a snapshot from before the upkeep reads the same rows after.
+   over 4 partitions; no Kafka. Files counted (on disk under DIR/data, and read by
+   the current snapshot), then timed and counted again: roll_up + `checkpoint`
+   keeping 400 days of history (the worker's upkeep), `checkpoint` keeping none,
+   and a CHECKPOINT with DuckLake's delete_older_than at 0 s (maintenance leaves it
+   unset). Checked after each: each row once, usage_totals counts them all,
+   reconciliation; a snapshot from before the upkeep reads the same rows after.
+3. Reader (--reader-rows): commit times of fills alone and with the live reader of
+   bench.bench_consolidation, interleaved.
 """
 
 from __future__ import annotations
@@ -28,10 +25,12 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -232,14 +231,10 @@ def files(store: BillingStore) -> dict[str, int]:
 
 
 def _check(store: BillingStore, rows: int) -> None:
-    count, distinct = store.db.execute(
-        "SELECT count(*), count(DISTINCT event_id) FROM rated_usage"
-    ).fetchone() or (0, 0)
-    counted = store.db.execute("SELECT sum(event_count) FROM usage_totals").fetchone()
-    if not count == distinct == rows or not counted or counted[0] != rows:
-        raise BenchmarkFailed(
-            f"rated_usage {count} rows ({distinct} distinct), usage_totals {counted}, of {rows}"
-        )
+    counts = "count(*), count(DISTINCT event_id), (SELECT sum(event_count) FROM usage_totals)"
+    found = store.db.execute(f"SELECT {counts} FROM rated_usage").fetchall()
+    if found != [(rows, rows, rows)]:
+        raise BenchmarkFailed(f"rated_usage rows, distinct, usage_totals events: {found}, for {rows} rows")
     if reconcile_amounts(store, PERIOD):
         raise BenchmarkFailed("rated amounts differ from usage_totals")
 
@@ -247,50 +242,72 @@ def _check(store: BillingStore, rows: int) -> None:
 def compaction(folder: Path, rows: int, batch_rows: int) -> dict[str, Any]:
     store = BillingStore(folder)
     try:
-        started = time.perf_counter()
-        commits = fill(store, rows, batch_rows, seed=7)
-        filled = time.perf_counter() - started
-        _check(store, rows)
-        before = files(store)
-        print(f"filled in {filled:.0f} s: {before}", flush=True)
+        commits: list[float] = []
+        filled, before = _step(store, rows, "fill", lambda: commits.extend(fill(store, rows, batch_rows, 7)))
         time.sleep(1.1)  # a snapshot time strictly before the upkeep, to read back after it
         then = datetime.now(UTC)
         old = store.db.execute("SELECT count(*), sum(amount) FROM rated_usage").fetchall()
-        started = time.perf_counter()
-        roll_up(store, RATED, range(PARTITIONS))
-        rolled = time.perf_counter() - started
-        started = time.perf_counter()
-        if not checkpoint(store, HISTORY_DAYS):
-            raise BenchmarkFailed("the store checkpoint conflicted with no other writer")
-        merged = time.perf_counter() - started
-        _check(store, rows)
-        kept = files(store)
-        print(f"upkeep {rolled:.1f} s + {merged:.1f} s: {kept}", flush=True)
+        rolled, _ = _step(store, rows, "roll_up", lambda: roll_up(store, RATED, range(PARTITIONS)))
+        merged, kept = _step(store, rows, "checkpoint", lambda: checkpoint(store, HISTORY_DAYS))
         reader = lake.connect(folder, read_only=True, at=then)
         try:
             if reader.execute("SELECT count(*), sum(amount) FROM rated_usage").fetchall() != old:
                 raise BenchmarkFailed("a snapshot from before the upkeep reads other rows after it")
         finally:
             reader.close()
-        started = time.perf_counter()
-        checkpoint(store, 0)
-        expired = time.perf_counter() - started
-        _check(store, rows)
-        final = files(store)
-        print(f"no history {expired:.1f} s: {final}", flush=True)
+        expired, final = _step(store, rows, "no history", lambda: checkpoint(store, 0))
         # Not what maintenance does: DuckLake deletes unread files only once older than its
         # delete_older_than option, which maintenance.checkpoint leaves unset.
         store.db.execute(f"CALL {lake.ALIAS}.set_option('delete_older_than', '0 seconds')")
-        store.db.execute("CHECKPOINT")
-        _check(store, rows)
-        deleted = files(store)
-        print(f"delete_older_than 0 s: {deleted}", flush=True)
+        _, deleted = _step(store, rows, "delete_older_than 0 s", lambda: store.db.execute("CHECKPOINT"))
     finally:
         store.close()
     return {
         "fill_s": filled, "commits": commits, "before": before, "kept": kept, "final": final,
         "roll_up_s": rolled, "checkpoint_s": merged, "expire_s": expired, "deleted": deleted,
     }  # fmt: skip
+
+
+def _step(
+    store: BillingStore, rows: int, name: str, work: Callable[[], object]
+) -> tuple[float, dict[str, int]]:
+    """Seconds `work` took, then the store checked and its files counted."""
+    started = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - started
+    _check(store, rows)
+    found = files(store)
+    print(f"{name} {seconds:.1f} s: {found}", flush=True)
+    return seconds, found
+
+
+def with_reader(folder: Path, rows: int, batch_rows: int, runs: int) -> list[tuple[str, str]]:
+    """Commit times of fills alone and with bench_consolidation's live reader, interleaved."""
+    medians: dict[bool, list[float]] = {False: [], True: []}
+    for number in range(runs):
+        for reading in (False, True):
+            out = folder / f"reader-{number}-{reading}"
+            store = BillingStore(out)
+            answers = folder / f"reader-{number}.jsonl"
+            with answers.open("wb") as lines:
+                command = [sys.executable, "-m", "bench.bench_consolidation", "--reader", str(out)]
+                live = subprocess.Popen(command, stdout=lines) if reading else None
+            deadline = time.monotonic() + 60
+            while live is not None and not answers.stat().st_size and time.monotonic() < deadline:
+                time.sleep(0.1)  # the reader's startup is not part of the comparison
+            try:
+                medians[reading].append(statistics.median(fill(store, rows, batch_rows, seed=7)))
+            finally:
+                store.close()
+                if live is not None:
+                    live.terminate()
+                    live.wait()
+    ratio = statistics.median(medians[False]) / statistics.median(medians[True])
+    return [
+        (f"store_batch s per commit ({batch_rows:,} rows), median of a {rows:,}-row fill: alone; with a "
+         "reader querying every second", f"{spread(medians[False], '.3f')}; {spread(medians[True], '.3f')}"),
+        ("commit rate with the reader / alone", f"{ratio:.3f}"),
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rated rows for the file count (0: skip)")
     parser.add_argument("--batch-rows", type=int, default=5_000, help="rated rows per store commit")
+    parser.add_argument("--reader-rows", type=int, default=0, help="rows per fill with and without a reader")
     add_runs_option(parser)
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     args = parser.parse_args(argv)
@@ -312,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                     compaction(folder / f"files-{n}", args.rows, args.batch_rows) for n in range(args.runs)
                 ]
                 rows += compaction_rows(runs, args.rows, args.batch_rows)
+            if args.reader_rows:
+                rows += with_reader(folder, args.reader_rows, args.batch_rows, args.runs)
             if args.close_accounts:
                 catalog = close_catalog(args.close_accounts)
                 closes = [close_period(catalog, folder / f"close-{n}") for n in range(args.runs)]
@@ -332,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in rows:
             print(f"{name}: {value}")
     else:
-        record("Billing store (DuckLake): files and upkeep, period close", rows, NOTES)
+        notes = [text for option, text in NOTES.items() if getattr(args, option)]
+        record("Billing store (DuckLake)", rows, " ".join([*notes, MACHINE]))
     return 0
 
 
@@ -345,15 +366,11 @@ def compaction_rows(runs: list[dict[str, Any]], rows: int, batch_rows: int) -> l
     early = [s for r in runs for s in r["commits"][:tenth]]
     late = [s for r in runs for s in r["commits"][-tenth:]]
     return [
-        (
-            f"fill: {rows:,} rated rows, {batch_rows:,} per store_batch, s",
-            f"{spread([r['fill_s'] for r in runs], '.1f')} (row generation in Python included)",
-        ),
-        (
-            "store_batch seconds per commit, median / p95 (all commits of all runs)",
-            f"{statistics.median(commits):.3f} / {sorted(commits)[int(len(commits) * 0.95)]:.3f}; "
-            f"first tenth median {statistics.median(early):.3f}, last tenth {statistics.median(late):.3f}",
-        ),
+        (f"fill: {rows:,} rated rows, {batch_rows:,} per store_batch, s",
+         f"{spread([r['fill_s'] for r in runs], '.1f')} (row generation in Python included)"),
+        ("store_batch seconds per commit, median / p95 (all commits of all runs)",
+         f"{statistics.median(commits):.3f} / {sorted(commits)[int(len(commits) * 0.95)]:.3f}; "
+         f"first tenth median {statistics.median(early):.3f}, last tenth {statistics.median(late):.3f}"),
         ("files before upkeep (disk = Parquet under DIR/data; others: read by the current snapshot)",
          files_of("before")),
         ("upkeep: roll_up of 4 partitions, s", spread([r["roll_up_s"] for r in runs], ".1f")),
@@ -367,18 +384,21 @@ def compaction_rows(runs: list[dict[str, Any]], rows: int, batch_rows: int) -> l
     ]  # fmt: skip
 
 
-NOTES = (
-    "Files: rated rows of one period written straight into a fresh store through "
-    "consolidation.checkpoint.store_batch (no Kafka, no pipeline: a 1M-event pipeline run does not fit "
-    "this shared 2-core machine's time), each commit shaped as one consolidation worker's batch over 4 "
-    "partitions (a rated table per partition, a usage delta per key, a position per partition). "
-    "'current' counts the catalog's data files not ended (ducklake_data_file, end_snapshot IS NULL), "
-    "'disk' the Parquet files under DIR/data; rows under DuckLake's inlining limit (10) live in the "
-    "catalog, not in files. Checked before and after upkeep: each row once, usage_totals counts them "
-    "all, reconciliation; and a snapshot from before the upkeep reads the same rows after it. Close: as "
-    "in the section 'Consolidation sink and period close', on the DuckLake store. Figures from the "
-    "shared 2-core machine (other engineers' tests running), plain Python (nothing compiled with mypyc)."
-)
+NOTES = {
+    "rows": "Files: rated rows of one period written straight into a fresh store through "
+    "consolidation.checkpoint.store_batch (no Kafka, no pipeline, to keep the run short), each commit "
+    "shaped as one worker's batch over 4 partitions (a rated table per partition, a usage delta per "
+    "key, a position per partition). 'current': the catalog's data files not ended (ducklake_data_file, "
+    "end_snapshot IS NULL); 'disk': Parquet files under DIR/data; rows under DuckLake's inlining limit "
+    "(10) live in the catalog. Checked before and after upkeep: each row once, usage_totals counts them "
+    "all, reconciliation; a snapshot from before the upkeep reads the same rows after it.",
+    "reader_rows": "Reader: fills of rated rows through store_batch (shaped as in the files figure), "
+    "alone and with bench_consolidation's live reader (one read-only connection, one query a second, "
+    "started and answering before the fill), interleaved.",
+    "close_accounts": "Close: as in the section 'Consolidation sink and period close', on the DuckLake "
+    "store, timed with the Parquet export a worker runs after finalize_period.",
+}
+MACHINE = "Figures from the shared 2-core machine (other engineers' tests running), plain Python (no mypyc)."
 
 
 if __name__ == "__main__":
