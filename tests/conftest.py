@@ -6,8 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from meterline.broker import EmbeddedBroker
+
+# Property tests judge results, not speed: a per-example deadline fails them at random on a
+# loaded CI machine (three test processes on two cores). Benchmarks measure speed.
+settings.register_profile("meterline", deadline=None)
+settings.load_profile("meterline")
 
 ROOT = Path(__file__).resolve().parent.parent
 
