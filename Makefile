@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NATIVE := $(VENV)/.compiled
 
-.PHONY: demo test lint unit faults bench bench-quick clean
+.PHONY: demo test test-slow lint unit faults bench bench-quick clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: lint $(NATIVE)
 
 unit: $(NATIVE)
 	$(BIN)/pytest -q -m 'not integration and not slow'
+
+# The slow tests outside the fault suite: Chromium (installed with apt-get when absent) for the
+# invoice site's PDFs and browser checks, PostgreSQL for the shared store, long property runs.
+test-slow: $(NATIVE)
+	$(BIN)/pytest -q -m 'slow and not faults' -n 2
 
 # The fault-injection suite (tests/faults), slow parts included; rewrites tests/faults/REPORT.md.
 # Events per faulty run (the SIGKILL fault has its own size) and hostile records of the garbage fault.

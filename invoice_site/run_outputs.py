@@ -6,7 +6,7 @@ from pathlib import Path
 
 from consolidation import lake
 from invoice_site.documents import write_documents
-from invoice_site.pdf import PdfError
+from invoice_site.pdf import PdfError, find_chromium
 from invoice_site.render import render_site
 from meterline.catalog import Catalog
 from meterline.config import Settings
@@ -26,7 +26,10 @@ def write_site(settings: Settings, catalog: Catalog, out: Path) -> Path:
 
 def write_invoice_documents(settings: Settings, catalog: Catalog, out: Path, site_dir: Path) -> str:
     """The PDF and EN 16931 e-invoice of every final invoice; says what was written, or why
-    nothing was (Chromium neither found nor installable, say)."""
+    nothing was (no Chromium to print with, say)."""
+    if find_chromium() is None:  # the demo installs nothing: it says what to do
+        hint = f"install the Debian package chromium, then run meterline site --out {out}"
+        return f"not written (Chromium not found: {hint})"
     db = lake.connect(out, catalog=settings.store_catalog, read_only=True)
     try:
         written = write_documents(db, catalog, site_dir)

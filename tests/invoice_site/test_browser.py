@@ -23,7 +23,8 @@ import pytest
 from consolidation import lake
 from tests.support.chromium import Chromium, Visit, find_or_install_chromium, png_colours
 
-pytestmark = pytest.mark.integration
+# Chromium (installed with apt-get when absent) and a demo run: make test-slow runs them.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNTS = 20

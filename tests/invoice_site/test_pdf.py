@@ -66,6 +66,7 @@ def _text(data: bytes) -> str:
     return " ".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages).replace("\xa0", " ")
 
 
+@pytest.mark.slow  # prints with Chromium (installed with apt-get when absent)
 def test_every_final_invoice_gets_a_pdf_with_its_einvoice(party_store: Store, tmp_path: Path) -> None:
     site = tmp_path / "site"
     ids = _invoice_ids(party_store)
@@ -91,6 +92,7 @@ def test_every_final_invoice_gets_a_pdf_with_its_einvoice(party_store: Store, tm
     assert not list(site.rglob("INV-202612-*.pdf")) and not list(site.rglob("INV-202612-*.xml"))
 
 
+@pytest.mark.slow  # prints with Chromium (installed with apt-get when absent)
 def test_documents_are_written_again_only_when_they_change(party_store: Store, tmp_path: Path) -> None:
     site = tmp_path / "site"
     ids = _invoice_ids(party_store)
@@ -120,6 +122,7 @@ def test_documents_are_written_again_only_when_they_change(party_store: Store, t
     assert _write(party_store, site, invoice_ids=[ids["tanaka"]]) == {tanaka_pdf}
 
 
+@pytest.mark.slow  # prints with Chromium (installed with apt-get when absent)
 def test_site_command_writes_pages_and_documents(
     party_store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -161,6 +164,7 @@ def test_without_chromium_and_apt_the_failure_says_what_to_install(
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # prints with Chromium
 def test_sellers_and_buyers_come_through_the_contracts_topic(
     party_store: Store, broker: EmbeddedBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
