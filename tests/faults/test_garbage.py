@@ -186,6 +186,7 @@ def run_garbage(
 
 @pytest.mark.integration
 @pytest.mark.faults
+@pytest.mark.slow  # make test-slow; kept out of make test's 10 minutes
 def test_garbage_fast(
     fast_stream: Stream, stallable_broker: StallableBroker, tmp_path: Path, fault: FaultResult
 ) -> None:

@@ -24,6 +24,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     return catalog, events, reference
 
 
+@pytest.mark.slow  # make test-slow; kept out of make test's 10 minutes
 def test_rating_killed_halfway_gives_the_same_usage_totals(
     dataset: tuple[Path, Path, Path], fresh_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:

@@ -189,6 +189,7 @@ def kill_rating_at(dataset: Dataset, broker: EmbeddedBroker, out: Path, fraction
     check_exactly_once(pipeline, out, reference, totals, published, valid, f"{len(fractions)} kills")
 
 
+@pytest.mark.slow  # make test-slow; kept out of make test's 10 minutes
 def test_rating_killed_twice_gives_the_same_results(
     small: Dataset, fresh_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:

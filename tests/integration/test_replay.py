@@ -148,7 +148,10 @@ def _until_waiting(out: Path, reason: str, count: int, pipeline: LivePipeline, t
         time.sleep(0.2)  # polling a file the consolidator rewrites; no event to wait on
 
 
-@pytest.mark.parametrize("reason", list(CASES))
+# One reason in make test; all four in make test-slow.
+@pytest.mark.parametrize(
+    "reason", [r if r == "unknown_account" else pytest.param(r, marks=pytest.mark.slow) for r in CASES]
+)
 def test_replay_after_the_catalog_fix_bills_as_if_it_had_been_right(
     reason: str,
     fresh_broker: EmbeddedBroker,

@@ -84,6 +84,7 @@ def _wait_for(path: Path, pipelines: list[LivePipeline], timeout: float = 120) -
         time.sleep(0.2)  # polling a file the consolidator writes; no event to wait on
 
 
+@pytest.mark.slow  # make test-slow; kept out of make test's 10 minutes
 def test_two_prefixed_installations_share_a_broker_without_seeing_each_other(
     fresh_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
