@@ -52,10 +52,12 @@ def write_documents(
     site_dir: str | Path,
     invoice_ids: Collection[str] | None = None,
     accounts: Collection[str] | None = None,
+    pdfs: bool = True,
 ) -> list[Path]:
     """Write the PDF and e-invoice of final invoices; returns the files written (changed).
 
-    `invoice_ids` / `accounts`: None for all; open drafts are never given documents.
+    `invoice_ids` / `accounts`: None for all; open drafts are never given documents;
+    `pdfs` False writes the e-invoices only.
     `store_db` as for `render_site` (read-only is enough, no transaction open). Chromium
     is installed with apt-get when a PDF must be printed and it is missing; raises
     ChromiumMissing when it cannot be, PdfError when Chromium fails, EInvoiceError when
@@ -77,6 +79,8 @@ def write_documents(
             elif xml_path.exists():
                 xml_path.unlink()  # the catalog lost the details it was made from
                 log.info("einvoice_removed", invoice_id=draft.invoice_id, path=str(xml_path))
+            if not pdfs:  # e-invoices only: they need no browser
+                continue
             # The page as invoice_page_html gives it: standalone, no navigation.
             html = invoice_document(invoice, account, catalog)
             source = hashlib.sha256(html.encode("utf-8") + b"\0" + (xml or b"")).hexdigest()

@@ -27,14 +27,15 @@ def write_site(settings: Settings, catalog: Catalog, out: Path) -> Path:
 def write_invoice_documents(settings: Settings, catalog: Catalog, out: Path, site_dir: Path) -> str:
     """The PDF and EN 16931 e-invoice of every final invoice; says what was written, or why
     nothing was (no Chromium to print with, say)."""
-    if find_chromium() is None:  # the demo installs nothing: it says what to do
-        hint = f"install the Debian package chromium, then run meterline site --out {out}"
-        return f"not written (Chromium not found: {hint})"
+    printable = find_chromium() is not None  # the demo installs nothing: it says what to do
     db = lake.connect(out, catalog=settings.store_catalog, read_only=True)
     try:
-        written = write_documents(db, catalog, site_dir)
+        written = write_documents(db, catalog, site_dir, pdfs=printable)
     except PdfError as exc:
         return f"not written ({exc}); install chromium, then run meterline site --out {out}"
     finally:
         db.close()
+    if not printable:
+        hint = f"install the Debian package chromium, then run meterline site --out {out}"
+        return f"{len(written)} e-invoice files; PDFs not printed (Chromium not found: {hint})"
     return f"{len(written)} PDF and e-invoice files"

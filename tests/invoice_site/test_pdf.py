@@ -181,3 +181,13 @@ def test_sellers_and_buyers_come_through_the_contracts_topic(
     for account in BUYERS:
         pdf_path, xml_path = document_paths(party_store.out / "site", account, ids[account])
         assert facturx.get_xml_from_pdf(pdf_path.read_bytes(), check_xsd=True)[1] == xml_path.read_bytes()
+
+
+def test_without_pdfs_the_einvoices_are_written_alone(tmp_path: Path) -> None:
+    """What the demo does on a machine without Chromium: e-invoices need no browser."""
+    for store in party_store_in(tmp_path):
+        site = tmp_path / "site"
+        written = _write(store, site, pdfs=False)
+        assert written and {p.suffix for p in written} == {".xml"}
+        assert list(site.rglob("*.pdf")) == []
+        assert {p.stem for p in written} <= set(_invoice_ids(store).values())
