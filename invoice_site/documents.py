@@ -15,7 +15,6 @@ file and renamed over the old one.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Collection
 from contextlib import ExitStack
 from pathlib import Path
@@ -28,7 +27,7 @@ from invoice_site.einvoice import blockers, cii_xml
 from invoice_site.invoice_page import invoice_document
 from invoice_site.model import Draft, Invoice
 from invoice_site.pdf import PdfPrinter, embed_einvoice, install_chromium, pdf_keywords, with_keywords
-from invoice_site.render import account_folder, invoice_file
+from invoice_site.render import account_folder, invoice_file, write_bytes_atomically
 from invoice_site.store_read import read_accounts
 from meterline.catalog import Catalog
 
@@ -74,7 +73,7 @@ def write_documents(
             xml: bytes | None = None
             if account is not None and not blockers(draft, invoice.lines, account, catalog):
                 xml = cii_xml(draft, invoice.lines, account, catalog)
-                if _write_bytes(xml_path, xml):
+                if write_bytes_atomically(xml_path, xml):
                     written.append(xml_path)
             elif xml_path.exists():
                 xml_path.unlink()  # the catalog lost the details it was made from
@@ -92,7 +91,7 @@ def write_documents(
             pdf = printer.print_html(html)
             metadata = _metadata(draft, account, catalog, keywords)
             pdf = embed_einvoice(pdf, xml, metadata) if xml is not None else with_keywords(pdf, metadata)
-            if _write_bytes(pdf_path, pdf):
+            if write_bytes_atomically(pdf_path, pdf):
                 written.append(pdf_path)
     return written
 
@@ -138,24 +137,3 @@ def read_final_invoices(
         for invoice in sites[account_id].invoices
         if invoice.draft.invoice_id in wanted and invoice.draft.status == "final"
     ]
-
-
-def _write_bytes(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` unless it holds it already, atomically; True when written."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return True

@@ -62,7 +62,12 @@ def account_folder(site_dir: Path, account_id: str) -> Path:
 
 def write_atomically(path: Path, text: str) -> bool:
     """Write `text` to `path` unless it holds it already; True when written."""
-    data = text.encode("utf-8")
+    return write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` unless it holds it already (temporary file, fsync, rename): a
+    reader never sees half a file; True when written."""
     try:
         if path.read_bytes() == data:
             return False
