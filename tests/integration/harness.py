@@ -11,10 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from consolidation.lake import connect as connect_store
-from generator import generate_catalog, generate_events
+from generator import write_month
 from meterline.broker import EmbeddedBroker
 from meterline.config import Settings
 from meterline.pipeline import Workers
@@ -24,14 +22,7 @@ from meterline.publish import InputFile, create_topics, produce_inputs, publish_
 
 def write_dataset(folder: Path, accounts: int, events: int, seed: int) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    document = generate_catalog(accounts, seed)
-    catalog = folder / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump(document, sort_keys=False))
-    stream = folder / "events.jsonl"
-    with stream.open("wb") as handle:
-        for line in generate_events(document, events, seed):
-            handle.write(line + b"\n")
-    return catalog, stream
+    return write_month(folder, accounts, events, seed)
 
 
 class LivePipeline:
