@@ -20,7 +20,8 @@ from confluent_kafka.admin import AdminClient
 
 from meterline.broker import EmbeddedBroker
 from meterline.publish import InputFile, read_records
-from meterline.topics import LOG, ensure_topics
+from meterline.topic_admin import ensure_topics
+from meterline.topics import LOG
 
 
 def _produce_all(bootstrap: str, topic: str, records: list[bytes], partitions: int) -> float:

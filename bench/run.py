@@ -42,7 +42,8 @@ from consolidation.lake import connect as connect_store
 from generator import planned_counts
 from mediation.formats import account_of
 from meterline.broker import EmbeddedBroker
-from meterline.publish import FORMAT_HEADER, InputFile, publish_catalog, read_records
+from meterline.headers import FORMAT_HEADER
+from meterline.publish import InputFile, publish_catalog, read_records
 from meterline.topics import RATED, RAW
 from schemas.binary import Reader
 from tests.integration.harness import LivePipeline, meterline_run, write_dataset

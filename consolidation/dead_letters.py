@@ -14,7 +14,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from consolidation.batch import STAGE, Rejection
 from meterline import metrics
-from meterline.dlq import TRUNCATED_HEADER, dead_letter
+from meterline.dlq import cut_short, dead_letter
+from meterline.headers import RAW_HEADER, TRUNCATED_HEADER
 from meterline.reasons import INTERNAL_ERROR
 from meterline.topics import RATED, REJECTED
 
@@ -59,8 +60,9 @@ class DeadLetterSender:
             metrics.REJECTED.labels(STAGE, item.reason).inc()
             if item.reason == INTERNAL_ERROR:
                 metrics.INTERNAL_ERRORS.labels(STAGE).inc()
+            original = record.headers.get(RAW_HEADER, record.value)
             out = dead_letter(
-                record.headers.get("ml.raw", record.value),
+                original,
                 record.key,
                 item.reason,
                 item.detail,
@@ -72,6 +74,8 @@ class DeadLetterSender:
                 max_bytes=self._max_bytes,
                 dlq_topic=self._dlq_topic,
             )
+            if cut_short(out, original):
+                metrics.DLQ_TRUNCATED.labels(STAGE).inc()
             while True:
                 try:
                     self._producer.produce(

@@ -43,7 +43,6 @@ from meterline.catalog import Meter
 from meterline.reasons import MALFORMED, TOO_LARGE, Rejected
 from meterline.records import UsageEvent
 
-FORMATS: Final = ("auto", "json", "cloudevents", "lago", "asterisk-csv")
 DEFAULT_MAX_SIZE: Final = 65_536
 
 # CloudEvents' Kafka protocol binding, binary content mode (read by mediation.cloudevents):

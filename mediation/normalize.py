@@ -26,7 +26,7 @@ from typing import Final
 
 from mediation import units
 from mediation.fields import attribute_text, decimal_text, flatten_attributes, identifier, payload, short
-from mediation.timestamps import FIRST_INSTANT, LAST_INSTANT, TimestampStyle, cdr_zone, parse_timestamp
+from mediation.timestamps import FIRST_INSTANT, LAST_INSTANT, TimestampStyle, parse_timestamp
 from meterline.catalog import Meter
 from meterline.reasons import FUTURE_TIMESTAMP, INVALID_QUANTITY, MISSING_FIELD, NOT_BILLABLE, Rejected
 from meterline.records import UsageEvent
@@ -40,7 +40,6 @@ __all__ = [
     "RawUsage",
     "TimestampStyle",
     "attribute_text",
-    "cdr_zone",
     "flatten_attributes",
     "identifier",
     "parse_quantity",

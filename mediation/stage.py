@@ -1,5 +1,6 @@
 """The mediation stage: parse + validate raw records, repartition by account,
-deduplicate, enrich. A transform plugged into meterline.runtime.
+deduplicate, enrich. A plain transform (meterline.messages.Processor) that the Kafka
+runtime runs, alone or chained with rating.
 
 Two steps share one process and one transaction:
 - raw step (raw topics not keyed by account): parse and validate, reject to the
@@ -29,25 +30,25 @@ from mediation.dedup_state import BLOCK as BLOCK  # still importable from here
 from mediation.dedup_state import DedupState, closed_everywhere
 from mediation.enrich import ChargeCache, enrich, local_time
 from mediation.formats import CE_CONTENT_TYPE, CE_SPECVERSION, parse_record
-from mediation.normalize import cdr_zone
-from meterline import metrics
 from meterline.catalog import Account
 from meterline.config import RawTopic, Settings
-from meterline.dlq import TRUNCATED_HEADER, count_rejection, dead_letter, max_bytes_of
+from meterline.dlq import cut_short, dead_letter, log_internal_error, max_bytes_of
+from meterline.headers import (
+    CDR_TIMEZONE_HEADER,
+    FORMAT_HEADER,
+    ORIGIN_HEADER,
+    RAW_HEADER,
+    TRUNCATED_HEADER,
+    cdr_zone,
+)
 from meterline.lineage import LINEAGE_HEADER, lineage_value
-from meterline.messages import InputRecord, OutputRecord
+from meterline.messages import TP, BatchResult, InputRecord, OutputRecord
 from meterline.reasons import INVALID_TIMESTAMP, MALFORMED, PERIOD_CLOSED, TOO_LARGE, Rejected, internal_error
 from meterline.records import UsageEvent
-from meterline.runtime import TP, BatchResult
-from meterline.tables import ContractsTable, PeriodsTable
+from meterline.views import CatalogView, PeriodsView
 from schemas.codec import SchemaError, decode_usage, encode_usage
 
 STAGE = "mediation"
-RAW_HEADER = "ml.raw"  # original bytes, so later rejections still dead-letter them unchanged
-ORIGIN_HEADER = "ml.origin"  # "topic\x1fpartition\x1foffset" of the raw record
-FORMAT_HEADER = "meterline.format"  # set by `meterline produce` per input file
-# Time zone of an Asterisk CSV record's times (`--cdr-timezone` for files); wins over the topic's.
-CDR_TIMEZONE_HEADER = "meterline.cdr_timezone"
 # Headers saying how a raw record is read (with every `ce_` header): its DLQ copy keeps them,
 # so that a replay reads it as it was read; forwarded with it when they say more than its topic.
 _READING_HEADERS = frozenset((FORMAT_HEADER, CDR_TIMEZONE_HEADER, CE_CONTENT_TYPE))
@@ -83,7 +84,7 @@ class MediationProcessor:
     stage = STAGE
 
     def __init__(
-        self, settings: Settings, contracts: ContractsTable, periods: PeriodsTable, partitions: int
+        self, settings: Settings, contracts: CatalogView, periods: PeriodsView, partitions: int
     ) -> None:
         self.settings = settings
         self.contracts = contracts
@@ -108,22 +109,25 @@ class MediationProcessor:
 
     def restore(self, tp: TP, entries: Iterator[tuple[bytes, bytes | None]]) -> None:
         self.state.restore(tp, entries)
-        self._gauge()
 
     def release(self, tp: TP) -> None:
         self.state.release(tp)
 
     def idle(self) -> None:
         catalog_changed = self.contracts.poll()
-        if self.periods.poll() or catalog_changed or not self.state.forgettable_known:
+        self.refresh(catalog_changed, self.periods.poll())
+
+    def refresh(self, catalog_changed: bool, periods_changed: bool) -> None:
+        """After the tables were polled (by `idle`, or by a chain of stages sharing them)."""
+        if periods_changed or catalog_changed or not self.state.forgettable_known:
             periods, accounts = self.periods, self.contracts.catalog.accounts
             self.state.set_forgettable(
                 closed_everywhere(periods.closed_all, periods.closed_accounts, accounts)
             )
         self.state.forget_closed_periods()
 
-    def _gauge(self) -> None:
-        metrics.STATE_ENTRIES.labels(STAGE).set(self.state.entries())
+    def state_entries(self) -> int:
+        return self.state.entries()
 
     # -- transform -------------------------------------------------------------
 
@@ -156,7 +160,6 @@ class MediationProcessor:
         for tp, items in keyed.items():
             self._keyed_step(tp, items, result)
         self.state.add_tombstones(result)
-        self._gauge()
         return result
 
     def _raw_step(
@@ -280,7 +283,6 @@ class MediationProcessor:
                 new_keys.setdefault(period, []).append(key)
         if duplicates:
             counts["duplicates"] += duplicates
-            metrics.DEDUPLICATED.labels(STAGE).inc(duplicates)
         self.state.add_blocks(tp, new_keys, items[-1].record.offset, result)
 
     def _enrich_one(
@@ -329,21 +331,22 @@ class MediationProcessor:
         result: BatchResult,
     ) -> None:
         counts[f"rejected.{rejection.reason}"] += 1
-        count_rejection(STAGE, rejection, record.topic, record.partition, record.offset)
-        result.outputs.append(
-            dead_letter(
-                original,
-                record.key,
-                rejection.reason,
-                rejection.detail,
-                STAGE,
-                *origin,
-                truncated=record.headers.get(TRUNCATED_HEADER),
-                max_bytes=self.max_dlq_bytes,
-                kept=_reading(record.headers),
-                dlq_topic=self.rejected_topic,
-            )
+        log_internal_error(STAGE, rejection, record.topic, record.partition, record.offset)
+        letter = dead_letter(
+            original,
+            record.key,
+            rejection.reason,
+            rejection.detail,
+            STAGE,
+            *origin,
+            truncated=record.headers.get(TRUNCATED_HEADER),
+            max_bytes=self.max_dlq_bytes,
+            kept=_reading(record.headers),
+            dlq_topic=self.rejected_topic,
         )
+        if cut_short(letter, original):
+            counts["dlq_truncated"] += 1
+        result.outputs.append(letter)
 
 
 def _reading(headers: dict[str, bytes]) -> list[tuple[str, bytes]]:

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import MAX_EMAX, MIN_EMIN, ROUND_FLOOR, Context, Decimal
 from functools import lru_cache
 from typing import Final, Literal
-from zoneinfo import ZoneInfo
 
 from mediation.fields import decimal_text, short
 from meterline.reasons import INVALID_TIMESTAMP, Rejected
@@ -94,14 +93,6 @@ def _cdr_time(text: str, name: str, zone: tzinfo | None) -> datetime:
 
 
 @lru_cache(maxsize=64)
-def cdr_zone(name: str) -> ZoneInfo:
-    """The IANA time zone `name` (e.g. `Europe/Paris`); ValueError saying why if there is none."""
-    try:
-        return ZoneInfo(name)
-    except (ValueError, KeyError, OSError):  # not a key, no such zone, a folder of zones
-        raise ValueError(f"{name!r} is not an IANA time zone (such as Europe/Paris or UTC)") from None
-
-
 def _in_range(instant: datetime, text: str, name: str) -> datetime:
     if FIRST_INSTANT <= instant <= LAST_INSTANT:
         return instant

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from mediation.formats import FORMATS
-from mediation.normalize import cdr_zone
+from meterline.headers import FORMATS, cdr_zone
 from meterline.topics import Topics, check_prefix
 
 

@@ -8,7 +8,9 @@ and where the original came from (`meterline.source.topic/partition/offset`).
 A DLQ copy must fit the DLQ topic, or producing it fails the whole transaction and
 the batch is retried forever. A copy too large keeps the longest prefix of the
 original that fits, and gets header `meterline.truncated` = the original length in
-bytes (ASCII decimal); a DLQ reader knows it holds a prefix.
+bytes (ASCII decimal); a DLQ reader knows it holds a prefix. A stage counts such a
+copy as `dlq_truncated` in its batch's counts (see `cut_short`); the runtime turns
+counts into metrics once the batch is committed.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from typing import Final
 
 import structlog
 
-from meterline import metrics
+from meterline.headers import (
+    DETAIL_HEADER,
+    REASON_HEADER,
+    SOURCE_ORIGIN_HEADERS,
+    STAGE_HEADER,
+    TRUNCATED_HEADER,
+)
 from meterline.messages import OutputRecord
 from meterline.reasons import INTERNAL_ERROR, Rejected
 from meterline.topics import REJECTED
-
-REASON_HEADER: Final = "meterline.reason"
-DETAIL_HEADER: Final = "meterline.detail"
-STAGE_HEADER: Final = "meterline.stage"
-TRUNCATED_HEADER: Final = "meterline.truncated"
 
 # librdkafka's default message.max.bytes: the producer refuses a larger record (key,
 # value and headers together), and brokers default to about the same.
@@ -45,9 +48,9 @@ def dead_letter_headers(
         (REASON_HEADER, reason.encode()),
         (DETAIL_HEADER, detail.encode("utf-8", "replace")[:MAX_DETAIL_BYTES]),
         (STAGE_HEADER, stage.encode()),
-        ("meterline.source.topic", topic.encode("utf-8", "replace")),
-        ("meterline.source.partition", str(partition).encode()),
-        ("meterline.source.offset", str(offset).encode()),
+        (SOURCE_ORIGIN_HEADERS[0], topic.encode("utf-8", "replace")),
+        (SOURCE_ORIGIN_HEADERS[1], str(partition).encode()),
+        (SOURCE_ORIGIN_HEADERS[2], str(offset).encode()),
     ]
 
 
@@ -95,8 +98,12 @@ def dead_letter(
     if record_size(b"", key, headers) > max_bytes:
         key = None  # an oversized key: the DLQ is not read by key
     room = max(max_bytes - record_size(b"", key, headers), 0)
-    metrics.DLQ_TRUNCATED.labels(stage).inc()
     return OutputRecord(dlq_topic, value[:room], key, headers=headers)
+
+
+def cut_short(letter: OutputRecord, original: bytes | None) -> bool:
+    """Whether a DLQ copy holds only a prefix of its original (it did not fit)."""
+    return len(letter.value or b"") < len(original or b"")
 
 
 def record_size(value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
@@ -107,15 +114,11 @@ def record_size(value: bytes, key: bytes | None, headers: Sequence[tuple[str, by
     return size
 
 
-
-def count_rejection(stage: str, rejection: Rejected, topic: str, partition: int, offset: int) -> None:
-    """Metrics of one rejection; an internal error is also logged (it raises an alert).
-
-    `topic`, `partition` and `offset` are where the stage read the record.
+def log_internal_error(stage: str, rejection: Rejected, topic: str, partition: int, offset: int) -> None:
+    """Log a rejection that is a stage's own failure (it raises an alert); other rejections
+    are only counted. `topic`, `partition` and `offset` are where the stage read the record.
     """
-    metrics.REJECTED.labels(stage, rejection.reason).inc()
     if rejection.reason == INTERNAL_ERROR:
-        metrics.INTERNAL_ERRORS.labels(stage).inc()
         structlog.get_logger().error(  # looked up here: rare, and what the current configuration says
             "record_failed",
             stage=stage,

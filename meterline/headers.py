@@ -14,37 +14,54 @@ from __future__ import annotations
 
 import zlib
 from array import array
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Final
 from zoneinfo import ZoneInfo
 
-import orjson
-
 from meterline.command_errors import UserError
-from meterline.config import Settings
-from meterline.dlq import DETAIL_HEADER, REASON_HEADER, STAGE_HEADER
 
+# The raw formats a file or a raw topic can be read as, and the header naming a record's own.
+FORMATS: Final = ("auto", "json", "cloudevents", "lago", "asterisk-csv")
+FORMAT_HEADER: Final = "meterline.format"
+# Carried by a usage record from mediation on: its original raw bytes, so that any later
+# rejection dead-letters them unchanged, and where they entered ("topic\x1fpartition\x1foffset").
+RAW_HEADER: Final = "ml.raw"
+ORIGIN_HEADER: Final = "ml.origin"
 SOURCE_FILE_HEADER: Final = "meterline.source.file"
 SOURCE_LINE_HEADER: Final = "meterline.source.line"
 CDR_TIMEZONE_HEADER: Final = "meterline.cdr_timezone"
 REJECTED_FILE: Final = "rejected.jsonl"
 _LINE_BITS: Final = 40
-_SOURCE: Final = ("meterline.source.topic", "meterline.source.partition", "meterline.source.offset")
+# A DLQ record: why, by whom, and where its original was read.
+REASON_HEADER: Final = "meterline.reason"
+DETAIL_HEADER: Final = "meterline.detail"
+STAGE_HEADER: Final = "meterline.stage"
+SOURCE_ORIGIN_HEADERS: Final = (
+    "meterline.source.topic",
+    "meterline.source.partition",
+    "meterline.source.offset",
+)
+# Set on a record cut to fit (by a publisher, or a DLQ copy): the original length in bytes.
+TRUNCATED_HEADER: Final = "meterline.truncated"
 
 
 class ZoneError(UserError):
     """--cdr-timezone names no IANA time zone."""
 
 
+def cdr_zone(name: str) -> ZoneInfo:
+    """The IANA time zone `name` (e.g. `Europe/Paris`); ValueError saying why if there is none."""
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # not a key, no such zone, a folder of zones
+        raise ValueError(f"{name!r} is not an IANA time zone (such as Europe/Paris or UTC)") from None
+
+
 def check_zone(name: str) -> str:
     """`name` if it is an IANA time zone (e.g. Europe/Paris); ZoneError naming it otherwise."""
     try:
-        ZoneInfo(name)
-    except (ValueError, KeyError, OSError):  # not a key, no such zone, a folder of zones
-        raise ZoneError(
-            f"--cdr-timezone {name!r} is not an IANA time zone (such as Europe/Paris or UTC)"
-        ) from None
+        cdr_zone(name)
+    except ValueError as exc:
+        raise ZoneError(f"--cdr-timezone {exc}") from None
     return name
 
 
@@ -86,48 +103,3 @@ class SourceLines:
             return None
         value = self._at[partition][offset]
         return self.files[value >> _LINE_BITS], value & ((1 << _LINE_BITS) - 1)
-
-
-def write_rejected(settings: Settings, topic: str, lines: SourceLines, out: Path) -> tuple[int, Path]:
-    """Write `out/rejected.jsonl`: one object per DLQ record of `topic`, with the input
-    `file` and `line` it came from (null when it cannot be told), `reason`, `detail` and
-    `stage`, in file and line order. Returns the count and the path."""
-    from meterline.replay_select import read_to_end
-
-    rows: list[dict[str, object]] = []
-    seen: set[tuple[bytes, ...]] = set()
-    for message in read_to_end(settings, settings.topics.rejected, "run-rejected"):
-        headers: Mapping[str, bytes] = {n: v for n, v in message.headers() or [] if v is not None}
-        # One row per original: a stage may deliver a DLQ record again after an abort.
-        origin = tuple(headers.get(n, b"") for n in (STAGE_HEADER, *_SOURCE))
-        if origin[1] and origin in seen:
-            continue
-        seen.add(origin)
-        where = None
-        if headers.get("meterline.source.topic", b"").decode("utf-8", "replace") == topic:
-            try:
-                partition = int(headers.get("meterline.source.partition", b""))
-                offset = int(headers.get("meterline.source.offset", b""))
-            except ValueError:
-                pass
-            else:
-                where = lines.where(partition, offset)
-        rows.append(
-            {
-                "file": where[0] if where else None,
-                "line": where[1] if where else None,
-                "reason": _text(headers.get(REASON_HEADER)),
-                "detail": _text(headers.get(DETAIL_HEADER)),
-                "stage": _text(headers.get(STAGE_HEADER)),
-            }
-        )
-    rows.sort(key=lambda r: (r["file"] is None, str(r["file"]), r["line"] or 0))
-    path = out / REJECTED_FILE
-    with path.open("wb") as handle:
-        for row in rows:
-            handle.write(orjson.dumps(row) + b"\n")
-    return len(rows), path
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("utf-8", "replace")

@@ -1,13 +1,13 @@
 """The Kafka stages' checkpoint: one batch, one Kafka transaction (see meterline.checkpoint).
 
-    1. begin the producer's transaction
-    2. outputs and DLQ records
-    3. state changes, into the changelog partition of their input partition
-    4. per-partition progress: lineage and counts (changelog), counts (stats topic)
-    5. the consumed offsets, sent to the transaction
-    6. commit
-    7. abort on a Kafka error (or replace a fenced producer: meterline.transaction), or on
-       an output the client refuses (a str value, say); the runner restores and rewinds
+1. begin the producer's transaction
+2. outputs and DLQ records
+3. state changes, into the changelog partition of their input partition
+4. per-partition progress: lineage and counts (changelog), counts (stats topic)
+5. the consumed offsets, sent to the transaction
+6. commit
+7. abort on a Kafka error (or replace a fenced producer: meterline.transaction), or on
+   an output the client refuses (a str value, say); the runner restores and rewinds
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""A consumed Kafka record and a record to produce, as plain values: what the runtime
-hands a stage's `process()` and what `process()` hands back (see meterline.runtime),
-and the stage's side of that contract (Processor, BatchResult).
+"""A consumed record and a record to produce, as plain values: what the runtime hands
+a stage's `process()` and what `process()` hands back, and the stage's side of that
+contract (TP, Processor, BatchResult). No Kafka client here: stages are plain code.
 
 Plain classes that mypyc compiles (setup.py): one of each is built per record, and a
 compiled constructor costs a fraction of a NamedTuple's, which is interpreted.
@@ -12,9 +12,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Final, Protocol
-
-from confluent_kafka import Message
 
 TP = tuple[str, int]
 
@@ -57,28 +56,6 @@ class OutputRecord:
         self.headers: Final = headers
 
 
-def input_records(messages: list[Message]) -> tuple[list[InputRecord], list[Message]]:
-    """The records among consumed messages, and the messages that carry an error instead."""
-    records = []
-    errors = []
-    for message in messages:
-        if message.error() is not None:
-            errors.append(message)
-            continue
-        raw_headers = message.headers()
-        records.append(
-            InputRecord(
-                message.topic(),
-                message.partition(),
-                message.offset(),
-                message.key(),
-                message.value(),
-                dict(raw_headers) if raw_headers else {},
-            )
-        )
-    return records, errors
-
-
 @dataclass(slots=True)
 class BatchResult:
     outputs: list[OutputRecord] = field(default_factory=list)
@@ -88,6 +65,8 @@ class BatchResult:
     counts: dict[TP, Counter[str]] = field(default_factory=dict)
     # Event time of the newest event in the batch, for the event-time lag metric.
     newest_event_time: datetime | None = None
+    # Money rated in the batch by currency, for a dashboard (never billed from).
+    amounts: dict[str, Decimal] = field(default_factory=dict)
 
 
 class Processor(Protocol):
@@ -102,3 +81,5 @@ class Processor(Protocol):
     def process(self, records: Sequence[InputRecord]) -> BatchResult: ...
 
     def idle(self) -> None: ...
+
+    def state_entries(self) -> int: ...

@@ -35,9 +35,10 @@ from meterline.catalog import Catalog
 from meterline.catalog_file import load_catalog
 from meterline.command_errors import UserError
 from meterline.config import Settings, settings_to_toml
-from meterline.headers import REJECTED_FILE, SourceLines, write_rejected
+from meterline.headers import REJECTED_FILE, SourceLines
 from meterline.progress import StatsReader, Totals, drained
 from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
+from meterline.rejected_file import write_rejected
 from meterline.workers import STAGES
 
 

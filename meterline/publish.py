@@ -21,7 +21,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from mediation.formats import FORMATS, account_of
+from mediation.formats import account_of
 from meterline.catalog_changes import accounts_of_entities, blocked_removals, describe
 from meterline.catalog_file import catalog_entities, parse_catalog, read_catalog_document, validate_document
 from meterline.command_clients import (
@@ -34,13 +34,20 @@ from meterline.command_clients import (
 )
 from meterline.command_errors import UserError
 from meterline.config import Settings
-from meterline.dlq import TRUNCATED_HEADER, max_bytes_of, record_size
-from meterline.headers import CDR_TIMEZONE_HEADER, SOURCE_FILE_HEADER, SOURCE_LINE_HEADER, SourceLines
+from meterline.dlq import max_bytes_of, record_size
+from meterline.headers import (
+    CDR_TIMEZONE_HEADER,
+    FORMAT_HEADER,
+    FORMATS,
+    SOURCE_FILE_HEADER,
+    SOURCE_LINE_HEADER,
+    TRUNCATED_HEADER,
+    SourceLines,
+)
 from meterline.kafka_config import client_config
 from meterline.tables import CompactedTable, PeriodsTable
-from meterline.topics import ensure_topics
+from meterline.topic_admin import ensure_topics
 
-FORMAT_HEADER = "meterline.format"
 # How long a command waits for the acknowledgements of what it produced.
 DELIVERY_TIMEOUT_S: Final = 60.0
 _PERIOD: Final = re.compile(r"^(\d{4})-(\d{2})$")

@@ -32,9 +32,7 @@ def parse_reasons(given: list[str] | None) -> frozenset[str]:
         return frozenset(CATALOG_GAP_REASONS)
     unknown = [r for r in given if r not in REASONS]
     if unknown:
-        raise UsageError(
-            f"--reason {unknown[0]!r} is not a reason code; use one of {', '.join(REASONS)}"
-        )
+        raise UsageError(f"--reason {unknown[0]!r} is not a reason code; use one of {', '.join(REASONS)}")
     return frozenset(given)
 
 
@@ -50,7 +48,6 @@ def parse_time(text: str, option: str) -> datetime:
             f"{option} {text!r} is not an ISO 8601 date or time (e.g. 2026-09-01T00:00:00Z)"
         ) from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
 
 
 def add_parser(

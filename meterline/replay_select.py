@@ -25,14 +25,19 @@ from mediation.formats import account_of, parse_record
 from meterline.catalog import Catalog
 from meterline.command_clients import ClientErrors, DeliveryError, quiet
 from meterline.config import RawTopic, Settings
-from meterline.dlq import DETAIL_HEADER, REASON_HEADER, STAGE_HEADER, TRUNCATED_HEADER
-from meterline.headers import CDR_TIMEZONE_HEADER
+from meterline.headers import (
+    CDR_TIMEZONE_HEADER,
+    DETAIL_HEADER,
+    FORMAT_HEADER,
+    REASON_HEADER,
+    STAGE_HEADER,
+    TRUNCATED_HEADER,
+)
 from meterline.kafka_config import consumer_config
 from meterline.reasons import Rejected
 from meterline.replay_options import CATALOG_GAP_REASONS
 
 REPLAY_OF_HEADER: Final = "meterline.replay.of"
-FORMAT_HEADER: Final = "meterline.format"
 SOURCE_TOPIC: Final = "meterline.source.topic"
 SOURCE_PARTITION: Final = "meterline.source.partition"
 SOURCE_OFFSET: Final = "meterline.source.offset"

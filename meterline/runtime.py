@@ -38,18 +38,15 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from meterline import metrics
 from meterline.checkpoint import Failure, commit_checkpoint
 from meterline.config import Settings
-from meterline.dlq import TRUNCATED_HEADER, dead_letter, max_bytes_of
+from meterline.dlq import cut_short, dead_letter, max_bytes_of
+from meterline.headers import TRUNCATED_HEADER
 from meterline.health import HEALTH
 from meterline.isolation import DEAD_LETTER, REPLAY, Isolation
 from meterline.kafka_checkpoint import KafkaCheckpoint
 from meterline.kafka_config import consumer_config
 from meterline.kafka_errors import FatalKafkaError, consumer_failure, describe, error_of
 from meterline.lineage import LINEAGE_HEADER
-
-# TP and BatchResult: stages import them from here.
-from meterline.messages import TP as TP
-from meterline.messages import BatchResult as BatchResult
-from meterline.messages import InputRecord, Processor, input_records
+from meterline.messages import TP, BatchResult, InputRecord, Processor
 from meterline.offsets import export_consumer_lag
 from meterline.reasons import INTERNAL_ERROR
 from meterline.rebalance import Rebalance
@@ -61,6 +58,28 @@ log = structlog.get_logger()
 # An idle loop asks the broker for metadata at most this often: an answer is progress.
 PROBE_INTERVAL_S: Final = 1.0
 PROBE_TIMEOUT_S: Final = 5.0
+
+
+def input_records(messages: list[Message]) -> tuple[list[InputRecord], list[Message]]:
+    """The records among consumed messages, and the messages that carry an error instead."""
+    records = []
+    errors = []
+    for message in messages:
+        if message.error() is not None:
+            errors.append(message)
+            continue
+        raw_headers = message.headers()
+        records.append(
+            InputRecord(
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                message.key(),
+                message.value(),
+                dict(raw_headers) if raw_headers else {},
+            )
+        )
+    return records, errors
 
 
 class StageRunner:
@@ -231,8 +250,7 @@ class StageRunner:
             self._after_failure(records, next_offsets, failure, split=False)
             return
         self._committed(next_offsets)
-        for topic, count in Counter(out.topic for out in result.outputs).items():
-            metrics.PRODUCED.labels(self.stage, topic).inc(count)
+        self._observe(result)
         metrics.BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
         per_topic = Counter(r.topic for r in records)
         for topic, count in per_topic.items():
@@ -242,6 +260,30 @@ class StageRunner:
             metrics.EVENT_TIME_LAG.labels(self.stage).set(lag.total_seconds())
         assert self._consumer is not None
         export_consumer_lag(self._consumer, self.stage, next_offsets)
+
+    def _observe(self, result: BatchResult) -> None:
+        """Metrics of a committed batch (an aborted attempt counts nothing)."""
+        stage = self.stage
+        for topic, count in Counter(out.topic for out in result.outputs).items():
+            metrics.PRODUCED.labels(stage, topic).inc(count)
+        outcomes: Counter[str] = Counter()
+        for counts in result.counts.values():
+            outcomes.update(counts)
+        for name, count in outcomes.items():
+            if name.startswith("rejected."):
+                reason = name.removeprefix("rejected.")
+                metrics.REJECTED.labels(stage, reason).inc(count)
+                if reason == INTERNAL_ERROR:
+                    metrics.INTERNAL_ERRORS.labels(stage).inc(count)
+        if outcomes["duplicates"]:
+            metrics.DEDUPLICATED.labels(stage).inc(outcomes["duplicates"])
+        if outcomes["rated"]:
+            metrics.RATED.labels(stage).inc(outcomes["rated"])
+        if outcomes["dlq_truncated"]:
+            metrics.DLQ_TRUNCATED.labels(stage).inc(outcomes["dlq_truncated"])
+        for currency, amount in result.amounts.items():
+            metrics.AMOUNT_RATED.labels(currency).inc(float(amount))  # a dashboard figure, never billed
+        metrics.STATE_ENTRIES.labels(stage).set(self.processor.state_entries())
 
     def _commit(self, result: BatchResult, next_offsets: dict[TP, int]) -> Failure | None:
         """One transaction for one batch (meterline.checkpoint's steps): None once committed,
@@ -305,6 +347,8 @@ class StageRunner:
             ) from None
         metrics.REJECTED.labels(self.stage, INTERNAL_ERROR).inc()
         metrics.INTERNAL_ERRORS.labels(self.stage).inc()
+        if cut_short(letter, record.value):
+            metrics.DLQ_TRUNCATED.labels(self.stage).inc()
         self._log.error(
             "record_dead_lettered",
             topic=record.topic,

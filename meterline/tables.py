@@ -55,7 +55,10 @@ class CompactedTable:
             consumer_config(
                 # Assigned, never subscribed: the group id (with the installation's
                 # topic_prefix) only names the reader.
-                bootstrap_servers, kafka, f"{prefix}meterline-table-{name}", **{"enable.partition.eof": True}
+                bootstrap_servers,
+                kafka,
+                f"{prefix}meterline-table-{name}",
+                **{"enable.partition.eof": True},
             )
         )
         metadata = self._consumer.list_topics(topic, timeout=10).topics[topic]

@@ -1,5 +1,4 @@
-"""Topic names and creation. Topics are created with explicit configs because
-Tansu's DescribeConfigs only returns what was set at creation (docs/operations.md).
+"""Topic names and configs (creation: meterline.topic_admin).
 
 The constants are the names of an installation without `topic_prefix`. With one (like
 Kafka Streams' application.id, so that two installations share a cluster), every topic
@@ -11,9 +10,6 @@ from __future__ import annotations
 
 import re
 from typing import Final
-
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
 
 RAW: Final = "meterline.raw"
 REPARTITION: Final = "meterline.usage.repartition"
@@ -95,21 +91,3 @@ def pipeline_topics(raw_topics: list[str], partitions: int) -> dict[str, tuple[i
         topics[changelog_topic(source, "mediation")] = (partitions, COMPACTED)
     topics[changelog_topic(MEDIATED, "rating")] = (partitions, COMPACTED)
     return topics
-
-
-def ensure_topics(
-    admin: AdminClient, wanted: dict[str, tuple[int, dict[str, str]]], replication_factor: int = 1
-) -> None:
-    existing = set(admin.list_topics(timeout=10).topics)
-    missing = [
-        NewTopic(n, p, replication_factor, config=c) for n, (p, c) in wanted.items() if n not in existing
-    ]
-    if not missing:
-        return
-    for name, future in admin.create_topics(missing, operation_timeout=10).items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            # Another process may have created it between our listing and our request.
-            if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc).lower():
-                raise RuntimeError(f"cannot create topic {name}: {exc}") from exc

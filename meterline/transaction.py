@@ -38,7 +38,6 @@ RETRY_WINDOW_S: Final = 45.0
 CALL_TIMEOUT_S: Final = 10.0
 
 
-
 class Transactions:
     """The producer of one stage worker and the transaction calls, error classes applied."""
 

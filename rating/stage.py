@@ -1,5 +1,6 @@
 """The rating stage: price mediated events incrementally with durable running
-aggregates. A transform plugged into meterline.runtime.
+aggregates. A plain transform (meterline.messages.Processor) that the Kafka runtime
+runs, alone or chained after mediation.
 
 No record stops it: one that fails unexpectedly goes to the DLQ as internal_error and
 leaves the aggregates as they were. An account's aggregates of a period are forgotten
@@ -13,22 +14,19 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 
-from meterline import metrics
 from meterline.catalog import Catalog
-from meterline.dlq import DEFAULT_MAX_BYTES, count_rejection, dead_letter
+from meterline.dlq import DEFAULT_MAX_BYTES, cut_short, dead_letter, log_internal_error
+from meterline.headers import ORIGIN_HEADER, RAW_HEADER
 from meterline.lineage import LINEAGE_HEADER, lineage_value
-from meterline.messages import InputRecord, OutputRecord
+from meterline.messages import TP, BatchResult, InputRecord, OutputRecord
 from meterline.reasons import MALFORMED, PERIOD_CLOSED, Rejected, internal_error
 from meterline.records import RatedUsage, UsageEvent
-from meterline.runtime import TP, BatchResult
-from meterline.tables import ContractsTable, PeriodsTable
 from meterline.topics import RATED, REJECTED
+from meterline.views import CatalogView, PeriodsView
 from rating.rater import AggregateKey, RatingState, rate_batch
 from schemas.codec import SchemaError, decode_usage, encode_rated_after
 
 STAGE = "rating"
-RAW_HEADER = "ml.raw"
-ORIGIN_HEADER = "ml.origin"
 _SEP = "\x1f"
 _VALUE_SEP = b"\x1e"
 
@@ -47,8 +45,8 @@ class RatingProcessor:
 
     def __init__(
         self,
-        contracts: ContractsTable,
-        periods: PeriodsTable,
+        contracts: CatalogView,
+        periods: PeriodsView,
         max_dlq_bytes: int = DEFAULT_MAX_BYTES,
         rated_topic: str = RATED,
         dlq_topic: str = REJECTED,
@@ -81,7 +79,6 @@ class RatingProcessor:
         for empty in [agg for agg, values in state.unique_values.items() if not values]:
             del state.unique_values[empty]
         self._forget_due = True
-        self._gauge()
 
     def release(self, tp: TP) -> None:
         self.state.pop(tp, None)
@@ -89,7 +86,11 @@ class RatingProcessor:
 
     def idle(self) -> None:
         self.contracts.poll()
-        if self.periods.poll() or self._forget_due:
+        self.refresh(periods_changed=self.periods.poll())
+
+    def refresh(self, periods_changed: bool) -> None:
+        """After the tables were polled (by `idle`, or by a chain of stages sharing them)."""
+        if periods_changed or self._forget_due:
             self._forget_closed_periods()
             self._forget_due = False
 
@@ -108,10 +109,9 @@ class RatingProcessor:
             for key in closed_values:
                 prefix = _state_key(key) + _VALUE_SEP
                 tombstones.extend(prefix + value.encode() for value in sorted(state.unique_values.pop(key)))
-        self._gauge()
 
-    def _gauge(self) -> None:
-        metrics.STATE_ENTRIES.labels(STAGE).set(sum(len(s.aggregates) for s in self.state.values()))
+    def state_entries(self) -> int:
+        return sum(len(s.aggregates) for s in self.state.values())
 
     def process(self, records: Sequence[InputRecord]) -> BatchResult:
         result = BatchResult()
@@ -139,7 +139,6 @@ class RatingProcessor:
             if keys and tp in result.counts:  # a changelog record needs a batch of this partition to ride on
                 result.changelog.setdefault(tp, []).extend((key, None) for key in keys)
                 keys.clear()
-        self._gauge()
         return result
 
     def _admit(self, record: InputRecord) -> UsageEvent:
@@ -185,12 +184,9 @@ class RatingProcessor:
             changelog.append((_state_key(key), str(state.aggregates[key]).encode()))
         for key, unique in batch.new_unique_values:
             changelog.append((_state_key(key) + _VALUE_SEP + unique.encode(), b""))
-        metrics.RATED.labels(STAGE).inc(len(batch.rated))
-        amounts: dict[str, Decimal] = {}
+        amounts = result.amounts
         for rated in batch.rated:
             amounts[rated.event.currency] = amounts.get(rated.event.currency, Decimal(0)) + rated.amount
-        for currency, amount in amounts.items():
-            metrics.AMOUNT_RATED.labels(currency).inc(float(amount))  # a dashboard figure, never billed
 
     def _rated_outputs(
         self,
@@ -225,22 +221,24 @@ class RatingProcessor:
         self, rejection: Rejected, record: InputRecord, counts: Counter[str], result: BatchResult
     ) -> None:
         counts[f"rejected.{rejection.reason}"] += 1
-        count_rejection(STAGE, rejection, record.topic, record.partition, record.offset)
+        log_internal_error(STAGE, rejection, record.topic, record.partition, record.offset)
         topic, partition, offset = _origin(record)
-        result.outputs.append(
-            dead_letter(
-                record.headers.get(RAW_HEADER, record.value),
-                record.key,
-                rejection.reason,
-                rejection.detail,
-                STAGE,
-                topic,
-                partition,
-                offset,
-                max_bytes=self.max_dlq_bytes,
-                dlq_topic=self.dlq_topic,
-            )
+        original = record.headers.get(RAW_HEADER, record.value)
+        letter = dead_letter(
+            original,
+            record.key,
+            rejection.reason,
+            rejection.detail,
+            STAGE,
+            topic,
+            partition,
+            offset,
+            max_bytes=self.max_dlq_bytes,
+            dlq_topic=self.dlq_topic,
         )
+        if cut_short(letter, original):
+            counts["dlq_truncated"] += 1
+        result.outputs.append(letter)
 
 
 def _origin(record: InputRecord) -> tuple[str, int, int]:

@@ -111,9 +111,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, events_file: Path) -> di
     return found
 
 
-def _replay(
-    capsys: pytest.CaptureFixture[str], broker: EmbeddedBroker, *options: str
-) -> dict[str, str]:
+def _replay(capsys: pytest.CaptureFixture[str], broker: EmbeddedBroker, *options: str) -> dict[str, str]:
     capsys.readouterr()
     code = main(["replay", "--bootstrap-servers", broker.bootstrap_servers, *options])
     captured = capsys.readouterr()

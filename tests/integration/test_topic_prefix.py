@@ -100,7 +100,9 @@ def test_two_prefixed_installations_share_a_broker_without_seeing_each_other(
         )
         assert completed.returncode == 0, completed.stdout + completed.stderr
         references[prefix] = {
-            "drafts": table(ref, DRAFTS), "lines": table(ref, LINES), "totals": table(ref, TOTALS)
+            "drafts": table(ref, DRAFTS),
+            "lines": table(ref, LINES),
+            "totals": table(ref, TOTALS),
         }
     assert references["acme."]["drafts"] != references["globex-"]["drafts"]
 

@@ -17,8 +17,7 @@ from mediation.dedup import KEY_BYTES, SeenSet, dedup_key
 from mediation.stage import MediationProcessor
 from meterline.catalog import Account, Catalog, Charge, ChargeFilters, Contract, Meter, Plan
 from meterline.config import RawTopic, Settings
-from meterline.messages import InputRecord
-from meterline.runtime import TP, BatchResult
+from meterline.messages import TP, BatchResult, InputRecord
 from meterline.tables import ContractsTable, PeriodsTable
 from meterline.topics import MEDIATED, REJECTED
 from schemas.codec import decode_usage

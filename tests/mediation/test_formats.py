@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mediation.formats import FORMATS, account_of, detect_format, parse_record
+from mediation.formats import account_of, detect_format, parse_record
 from meterline.catalog import Meter
+from meterline.headers import FORMATS
 from meterline.reasons import (
     FUTURE_TIMESTAMP,
     INVALID_QUANTITY,

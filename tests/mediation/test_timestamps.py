@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mediation.formats import parse_record
-from mediation.timestamps import cdr_zone
+from meterline.headers import cdr_zone
 from meterline.reasons import INVALID_TIMESTAMP, Rejected
 from tests.mediation.test_formats import METERS, cdr, cloudevent, lago, native, parse, rejection
 

@@ -10,7 +10,8 @@ from confluent_kafka.admin import AdminClient
 from meterline.broker import EmbeddedBroker
 from meterline.kafka_errors import OffsetsPastEndError
 from meterline.offsets import check_positions, past_end
-from meterline.topics import LOG, ensure_topics
+from meterline.topic_admin import ensure_topics
+from meterline.topics import LOG
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,13 @@ import yaml
 from meterline.broker import EmbeddedBroker
 from meterline.command_clients import DeliveryError
 from meterline.config import RawTopic, Settings
-from meterline.dlq import TRUNCATED_HEADER
-from meterline.headers import CDR_TIMEZONE_HEADER, SOURCE_FILE_HEADER, SOURCE_LINE_HEADER, SourceLines
+from meterline.headers import (
+    CDR_TIMEZONE_HEADER,
+    SOURCE_FILE_HEADER,
+    SOURCE_LINE_HEADER,
+    TRUNCATED_HEADER,
+    SourceLines,
+)
 from meterline.publish import (
     InputError,
     InputFile,

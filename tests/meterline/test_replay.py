@@ -12,7 +12,8 @@ from confluent_kafka import Message
 
 from meterline.catalog_file import load_catalog
 from meterline.config import RawTopic
-from meterline.dlq import TRUNCATED_HEADER, dead_letter
+from meterline.dlq import dead_letter
+from meterline.headers import TRUNCATED_HEADER
 from meterline.replay_options import CATALOG_GAP_REASONS, UsageError, parse_reasons, parse_time
 from meterline.replay_select import (
     ALREADY_REPLAYED,

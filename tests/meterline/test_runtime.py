@@ -19,6 +19,7 @@ from typing import cast
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from prometheus_client import REGISTRY
 
 from meterline.broker import EmbeddedBroker, free_port
 from meterline.config import Settings
@@ -26,10 +27,11 @@ from meterline.dlq import dead_letter_headers
 from meterline.health import HEALTH
 from meterline.kafka_errors import FatalKafkaError, OffsetsPastEndError
 from meterline.lineage import LINEAGE_HEADER, lineage_value
-from meterline.messages import InputRecord, OutputRecord
+from meterline.messages import TP, BatchResult, InputRecord, OutputRecord
 from meterline.metrics import serve_metrics
-from meterline.runtime import TP, BatchResult, StageRunner
-from meterline.topics import LOG, REJECTED, STATS, changelog_topic, ensure_topics
+from meterline.runtime import StageRunner
+from meterline.topic_admin import ensure_topics
+from meterline.topics import LOG, REJECTED, STATS, changelog_topic
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +56,9 @@ class RunningCount:
 
     def idle(self) -> None:
         return None
+
+    def state_entries(self) -> int:
+        return sum(len(counts) for counts in self.counts.values())
 
     def process(self, records: Sequence[InputRecord]) -> BatchResult:
         result = BatchResult()
@@ -401,3 +406,25 @@ def test_a_producer_fenced_twice_stops_the_stage(fresh_broker: EmbeddedBroker) -
     assert "fenced again" in str(errors[0])
     assert HEALTH.status()[1].startswith("fatal: producer meterline-counter-t fenced again")
     assert [int(v or b"0") for _, v in read_all(fresh_broker, OUT)] == list(range(1, 6))
+
+
+def test_a_committed_batch_s_counts_become_the_stage_s_metrics() -> None:
+    """Stages only count outcomes; the runtime turns a committed batch's counts into metrics."""
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"stage": "counter", **labels}) or 0.0
+
+    names = {
+        "rejected": ("meterline_events_rejected_total", {"reason": "internal_error"}),
+        "internal": ("meterline_internal_errors_total", {}),
+        "duplicates": ("meterline_events_deduplicated_total", {}),
+        "truncated": ("meterline_dlq_truncated_total", {}),
+    }
+    before = {key: sample(name, **labels) for key, (name, labels) in names.items()}
+    runner = StageRunner(RunningCount(), Settings(bootstrap_servers="127.0.0.1:9"), [IN])
+    counts = Counter({"rejected.internal_error": 2, "duplicates": 3, "dlq_truncated": 1, "events_in": 9})
+    runner._observe(BatchResult(counts={(IN, 0): counts}))
+    after = {key: sample(name, **labels) for key, (name, labels) in names.items()}
+    assert {key: after[key] - before[key] for key in names} == {
+        "rejected": 2, "internal": 2, "duplicates": 3, "truncated": 1,
+    }  # fmt: skip

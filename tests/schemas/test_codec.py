@@ -192,8 +192,16 @@ def test_write_decimal_carries_the_unscaled_integer(value: str, unscaled: int) -
 @pytest.mark.parametrize(
     "value",
     [
-        "1E-19", "0.1234567890123456789", "1E+20", "-1E+20", "NaN", "sNaN", "Infinity", "1E+999999",
-        "100000000000000000000.000000000000000000", "-100000000000000000000.000000000000000000",
+        "1E-19",
+        "0.1234567890123456789",
+        "1E+20",
+        "-1E+20",
+        "NaN",
+        "sNaN",
+        "Infinity",
+        "1E+999999",
+        "100000000000000000000.000000000000000000",
+        "-100000000000000000000.000000000000000000",
     ],
 )
 def test_decimals_that_would_need_rounding_or_do_not_fit_are_refused(value: str) -> None:
