@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml setup.py
 
 # The per-event hot path compiled to C with mypyc (see setup.py), in place next to the
 # sources; rebuilt whenever a source changes. METERLINE_PURE_PYTHON=1 skips it.
-$(NATIVE): $(STAMP) setup.py $(wildcard meterline/*.py mediation/*.py rating/*.py schemas/*.py)
+$(NATIVE): $(STAMP) setup.py $(wildcard meterline/*.py meterline/*/*.py mediation/*.py rating/*.py schemas/*.py)
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(NATIVE)
 
@@ -56,4 +56,4 @@ bench-quick: $(NATIVE)
 	$(BIN)/python -m bench.run --quick
 
 clean:
-	rm -rf $(VENV) meterline-out build *.so */*.so
+	rm -rf $(VENV) meterline-out build *.so */*.so */*/*.so

@@ -22,14 +22,14 @@ from setuptools import setup
 COMPILED = [
     "schemas/binary.py",
     "schemas/codec.py",
-    "meterline/catalog.py",
-    "meterline/lineage.py",
-    "meterline/messages.py",
-    "meterline/kafka_checkpoint.py",  # the Kafka stages' commit steps (a produce per output)
-    "meterline/rebalance.py",  # the rebalance callbacks, split out of the runtime
-    "meterline/records.py",
-    "meterline/restore.py",  # the changelog restore loop, split out of the runtime
-    "meterline/runtime.py",
+    "meterline/kernel/catalog.py",
+    "meterline/kernel/lineage.py",
+    "meterline/kernel/messages.py",
+    "meterline/runtime/kafka_checkpoint.py",  # the Kafka stages' commit steps (a produce per output)
+    "meterline/runtime/rebalance.py",  # the rebalance callbacks, split out of the runtime
+    "meterline/kernel/records.py",
+    "meterline/runtime/restore.py",  # the changelog restore loop, split out of the runtime
+    "meterline/runtime/stage_runner.py",
     "mediation/dedup.py",
     "mediation/dedup_state.py",  # the dedup state's changelog, split out of the stage
     "mediation/enrich.py",
@@ -38,7 +38,7 @@ COMPILED = [
     "mediation/normalize.py",
     "mediation/stage.py",
     "mediation/timestamps.py",
-    "mediation/units.py",
+    "meterline/kernel/units.py",
     "rating/charges.py",
     "rating/pricing.py",
     "rating/rater.py",

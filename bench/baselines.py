@@ -18,10 +18,10 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from meterline.broker import EmbeddedBroker
-from meterline.publish import InputFile, read_records
-from meterline.topic_admin import ensure_topics
-from meterline.topics import LOG
+from meterline.app.publish import InputFile, read_records
+from meterline.kernel.topics import LOG
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.topic_admin import ensure_topics
 
 
 def _produce_all(bootstrap: str, topic: str, records: list[bytes], partitions: int) -> float:

@@ -60,12 +60,12 @@ from consolidation import lake
 from consolidation.closing import reconcile_amounts
 from consolidation.store import BillingStore
 from generator import generate_catalog, generate_events
-from meterline.broker import EmbeddedBroker
-from meterline.config import Settings
-from meterline.pipeline import Workers
-from meterline.progress import StatsReader, Totals
-from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog
-from meterline.topics import RATED, RAW
+from meterline.app.pipeline import Workers
+from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog
+from meterline.kernel.config import Settings
+from meterline.kernel.topics import RATED, RAW
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.progress import StatsReader, Totals
 
 PARTITIONS = 4
 SETUPS = ("1", "2", "1+reader")

@@ -51,12 +51,12 @@ def restore_seconds(total: int) -> float:
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from mediation.stage import BLOCK, MediationProcessor
-    from meterline.broker import EmbeddedBroker
-    from meterline.config import Settings
-    from meterline.publish import create_topics
-    from meterline.runtime import StageRunner
-    from meterline.tables import CompactedTable, ContractsTable, PeriodsTable
-    from meterline.topics import CONTRACTS, PERIODS, REPARTITION, changelog_topic
+    from meterline.app.publish import create_topics
+    from meterline.kernel.config import Settings
+    from meterline.kernel.topics import CONTRACTS, PERIODS, REPARTITION, changelog_topic
+    from meterline.runtime.broker import EmbeddedBroker
+    from meterline.runtime.stage_runner import StageRunner
+    from meterline.runtime.tables import CompactedTable, ContractsTable, PeriodsTable
 
     with EmbeddedBroker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers, partitions=1)

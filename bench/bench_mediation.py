@@ -28,11 +28,11 @@ from pathlib import Path
 from bench.baselines import plain_loop_alone
 from bench.common import BenchmarkFailed, add_runs_option, keyed_workers, ratio_rows, record, spread
 from generator import planned_counts
-from meterline.broker import EmbeddedBroker
-from meterline.config import Settings
-from meterline.pipeline import Workers
-from meterline.progress import StatsReader, Totals
-from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog
+from meterline.app.pipeline import Workers
+from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog
+from meterline.kernel.config import Settings
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.progress import StatsReader, Totals
 from tests.integration.harness import write_dataset
 
 

@@ -44,12 +44,12 @@ from bench.common import (
     spread,
 )
 from generator import planned_counts
-from meterline.broker import EmbeddedBroker
-from meterline.config import Settings
-from meterline.pipeline import Workers
-from meterline.progress import StatsReader, Totals
-from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog
-from meterline.topics import MEDIATED, RATED
+from meterline.app.pipeline import Workers
+from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog
+from meterline.kernel.config import Settings
+from meterline.kernel.topics import MEDIATED, RATED
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.progress import StatsReader, Totals
 from schemas.codec import decode_rated_record
 from tests.integration.harness import write_dataset
 

@@ -47,11 +47,11 @@ from consolidation.closing import accounts_active_in, finalize_period, reconcile
 from consolidation.maintenance import checkpoint, roll_up
 from consolidation.store import RATED_SCHEMA, BillingStore, Delta, Position
 from generator import generate_catalog
-from meterline.catalog import Catalog, period_bounds
-from meterline.catalog_file import parse_catalog
-from meterline.headers import partition_of
-from meterline.records import invoice_id_for
-from meterline.topics import RATED
+from meterline.kernel.catalog import Catalog, period_bounds
+from meterline.kernel.catalog_file import parse_catalog
+from meterline.kernel.headers import partition_of
+from meterline.kernel.records import invoice_id_for
+from meterline.kernel.topics import RATED
 
 PERIOD = "2026-10"  # the generator's month
 PARTITIONS = 4

@@ -14,11 +14,11 @@ import confluent_kafka
 from confluent_kafka import Producer
 
 import schemas.binary
-from meterline.config import RawTopic, Settings, settings_to_toml
-from meterline.kafka_config import plain_producer_config
-from meterline.pipeline import Workers
-from meterline.publish import create_topics
-from meterline.topics import RAW
+from meterline.app.pipeline import Workers
+from meterline.app.publish import create_topics
+from meterline.kernel.config import RawTopic, Settings, settings_to_toml
+from meterline.kernel.topics import RAW
+from meterline.runtime.kafka_config import plain_producer_config
 from tests.integration.harness import after_lineage_guard, read_topic
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
@@ -81,7 +81,7 @@ def ratio_rows(stage: str, stage_rates: list[float], loop_rates: list[float]) ->
 
 
 def read_guarded(bootstrap_servers: str, topic: str) -> list[Record]:
-    """A whole topic, read_committed, minus the copies the lineage guard drops (see meterline.lineage)."""
+    """A whole topic, read_committed, minus the copies the lineage guard drops (meterline.kernel.lineage)."""
     return [
         (m.partition(), m.key(), m.value(), list(m.headers() or []))
         for m in after_lineage_guard(read_topic(bootstrap_servers, topic))

@@ -17,8 +17,8 @@ from consolidation.closing import accounts_active_in
 from consolidation.invoice import UsageTotal, assemble_invoice
 from mediation.enrich import enrich, local_time
 from mediation.formats import parse_record
-from meterline.catalog_file import load_catalog
-from meterline.reasons import Rejected
+from meterline.kernel.catalog_file import load_catalog
+from meterline.kernel.reasons import Rejected
 from rating.rater import RatingState, rate
 
 

@@ -41,10 +41,10 @@ from bench.reference import reference_totals
 from consolidation.lake import connect as connect_store
 from generator import planned_counts
 from mediation.formats import account_of
-from meterline.broker import EmbeddedBroker
-from meterline.headers import FORMAT_HEADER
-from meterline.publish import InputFile, publish_catalog, read_records
-from meterline.topics import RATED, RAW
+from meterline.app.publish import InputFile, publish_catalog, read_records
+from meterline.kernel.headers import FORMAT_HEADER
+from meterline.kernel.topics import RATED, RAW
+from meterline.runtime.broker import EmbeddedBroker
 from schemas.binary import Reader
 from tests.integration.harness import LivePipeline, meterline_run, write_dataset
 

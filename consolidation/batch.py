@@ -20,8 +20,8 @@ import pyarrow as pa
 import structlog
 
 from consolidation.files import RatedRows
-from meterline.messages import InputRecord
-from meterline.reasons import INTERNAL_ERROR, INVALID_QUANTITY, MALFORMED, PERIOD_CLOSED
+from meterline.kernel.messages import InputRecord
+from meterline.kernel.reasons import INTERNAL_ERROR, INVALID_QUANTITY, MALFORMED, PERIOD_CLOSED
 from schemas.codec import RATED_FIELDS, SchemaError, decode_rated_row
 
 STAGE: Final = "consolidation"

@@ -1,6 +1,6 @@
 """The consolidator's checkpoint: one batch into the billing store, one store transaction.
 
-The steps of meterline.checkpoint, for the store:
+The steps of meterline.kernel.checkpoint, for the store:
 
     1. begin a store transaction
     2. the batch's rated-usage rows. Its DLQ records went out before step 1 and were
@@ -23,7 +23,7 @@ import pyarrow as pa
 import structlog
 
 from consolidation.store import BillingStore, Delta, Position, PositionMovedError, error_text, is_conflict
-from meterline.checkpoint import Failure, commit_checkpoint
+from meterline.kernel.checkpoint import Failure, commit_checkpoint
 
 log = structlog.get_logger()
 

@@ -23,8 +23,8 @@ from consolidation.closing import finalize_period
 from consolidation.files import write_parquet_atomically
 from consolidation.invoice_tables import DRAFT_SCHEMA, LINE_SCHEMA
 from consolidation.store import BillingStore, as_table
-from meterline.catalog import Catalog, period_bounds, period_start_instant
-from meterline.headers import partition_of
+from meterline.kernel.catalog import Catalog, period_bounds, period_start_instant
+from meterline.kernel.headers import partition_of
 
 log = structlog.get_logger()
 

@@ -19,10 +19,10 @@ import structlog
 from consolidation.invoice import InvoiceAssemblyError, InvoiceDraft, UsageTotal, assemble_invoice
 from consolidation.maintenance import merge_period
 from consolidation.store import BillingStore
-from meterline import metrics
-from meterline.catalog import Catalog, period_bounds
-from meterline.health import HEALTH
-from meterline.records import invoice_id_for
+from meterline.kernel.catalog import Catalog, period_bounds
+from meterline.kernel.records import invoice_id_for
+from meterline.runtime import metrics
+from meterline.runtime.health import HEALTH
 
 log = structlog.get_logger()
 

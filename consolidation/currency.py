@@ -13,10 +13,10 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Final
 
-from meterline.catalog import RoundingMode
-from meterline.currency import MINOR_UNITS, UnknownCurrencyError, minor_units
+from meterline.kernel.catalog import RoundingMode
+from meterline.kernel.currency import MINOR_UNITS, UnknownCurrencyError, minor_units
 
-# The ISO 4217 table itself lives in the kernel (meterline.currency), shared with
+# The ISO 4217 table itself lives in the kernel (meterline.kernel.currency), shared with
 # catalog validation, so a catalog that validates can always be invoiced.
 
 __all__ = [

@@ -13,11 +13,11 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from consolidation.batch import STAGE, Rejection
-from meterline import metrics
-from meterline.dlq import cut_short, dead_letter
-from meterline.headers import RAW_HEADER, TRUNCATED_HEADER
-from meterline.reasons import INTERNAL_ERROR
-from meterline.topics import RATED, REJECTED
+from meterline.kernel.dlq import cut_short, dead_letter
+from meterline.kernel.headers import RAW_HEADER, TRUNCATED_HEADER
+from meterline.kernel.reasons import INTERNAL_ERROR
+from meterline.kernel.topics import RATED, REJECTED
+from meterline.runtime import metrics
 
 DELIVERY_TIMEOUT_S = 30.0
 # Delivery errors that no retry can fix.

@@ -1,6 +1,6 @@
 """The consolidation worker's fatal errors: it stops, /healthz and one log line say why.
 
-They are meterline.kafka_errors.FatalKafkaError, which the worker turns into exit code 1.
+They are meterline.runtime.kafka_errors.FatalKafkaError, which the worker turns into exit code 1.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 from confluent_kafka import KafkaError
 
-from meterline.kafka_errors import FatalKafkaError, OffsetsPastEndError
+from meterline.runtime.kafka_errors import FatalKafkaError, OffsetsPastEndError
 
 log = structlog.get_logger()
 

@@ -27,8 +27,8 @@ from decimal import (
 from typing import Final, Literal
 
 from consolidation.currency import minor_units, round_money, round_money_ratio
-from meterline.catalog import Account, Catalog, Charge, Contract, Plan, RoundingMode, period_bounds
-from meterline.records import invoice_id_for
+from meterline.kernel.catalog import Account, Catalog, Charge, Contract, Plan, RoundingMode, period_bounds
+from meterline.kernel.records import invoice_id_for
 
 __all__ = [
     "INVOICE_STATUSES",

@@ -15,7 +15,7 @@ import structlog
 
 from consolidation.store import BillingStore
 from invoice_site import render_site
-from meterline.catalog import Catalog
+from meterline.kernel.catalog import Catalog
 
 log = structlog.get_logger()
 

@@ -40,10 +40,10 @@ from prometheus_client import Gauge
 
 from consolidation.files import write_parquet_atomically
 from mediation.formats import account_of, parse_record
-from meterline.catalog import Catalog
-from meterline.headers import DETAIL_HEADER, REASON_HEADER, STAGE_HEADER, TRUNCATED_HEADER
-from meterline.reasons import REASONS, Rejected
-from meterline.topics import RATED
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.headers import DETAIL_HEADER, REASON_HEADER, STAGE_HEADER, TRUNCATED_HEADER
+from meterline.kernel.reasons import REASONS, Rejected
+from meterline.kernel.topics import RATED
 from schemas.codec import RATED_FIELDS, decode_rated_row
 
 if TYPE_CHECKING:

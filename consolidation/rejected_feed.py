@@ -39,10 +39,10 @@ from consolidation.errors import ConsumeErrors, FatalStageError, StoredOffsetsPa
 from consolidation.rejected import DeadLetter, export_parquet, export_waiting, row_of, save_rejected
 from consolidation.replay_markers import ReplayMarkers, sync_replayed
 from consolidation.store import BillingStore
-from meterline.catalog import Catalog
-from meterline.config import Settings
-from meterline.kafka_config import consumer_config
-from meterline.offsets import past_end
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.config import Settings
+from meterline.runtime.kafka_config import consumer_config
+from meterline.runtime.offsets import past_end
 
 log = structlog.get_logger()
 

@@ -3,7 +3,7 @@
 Replay writes one marker per re-published DLQ record on the installation's compacted
 topic `meterline.replays`: key "DLQ_TOPIC/PARTITION/OFFSET", value JSON
 {"replayed_at", "topic", "reason"}; a tombstone un-marks the record. Consolidation
-follows that topic like a control table (meterline.tables): read in full at start,
+follows that topic like a control table (meterline.runtime.tables): read in full at start,
 then polled between batches; a marker it cannot read is skipped with the
 control-record log line and metric, never raised.
 
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Final
 import orjson
 import pyarrow as pa
 
-from meterline.config import Settings
-from meterline.tables import CompactedTable
+from meterline.kernel.config import Settings
+from meterline.runtime.tables import CompactedTable
 
 if TYPE_CHECKING:
     from consolidation.store import BillingStore

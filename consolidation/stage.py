@@ -51,17 +51,17 @@ from consolidation.live_site import LiveSite
 from consolidation.maintenance import checkpoint, roll_up
 from consolidation.rejected_feed import RejectedFeed
 from consolidation.store import BillingStore, Position
-from meterline import metrics
-from meterline.checkpoint import commit_checkpoint
-from meterline.config import Settings
-from meterline.dlq import max_bytes_of
-from meterline.headers import partition_of
-from meterline.health import HEALTH
-from meterline.kafka_config import consumer_config, plain_producer_config
-from meterline.lineage import LINEAGE_HEADER, LineageGuard
-from meterline.messages import InputRecord
-from meterline.offsets import export_consumer_lag, past_end
-from meterline.tables import ContractsTable, PeriodsTable
+from meterline.kernel.checkpoint import commit_checkpoint
+from meterline.kernel.config import Settings
+from meterline.kernel.dlq import max_bytes_of
+from meterline.kernel.headers import partition_of
+from meterline.kernel.lineage import LINEAGE_HEADER, LineageGuard
+from meterline.kernel.messages import InputRecord
+from meterline.runtime import metrics
+from meterline.runtime.health import HEALTH
+from meterline.runtime.kafka_config import consumer_config, plain_producer_config
+from meterline.runtime.offsets import export_consumer_lag, past_end
+from meterline.runtime.tables import ContractsTable, PeriodsTable
 
 # Unbound: the worker binds `stage` through contextvars once logging is configured (a
 # logger bound at import time would keep structlog's default console renderer).
@@ -127,7 +127,7 @@ class Consolidator:
         """Consume until stopped; raises FatalStageError (health already failed) when it cannot go on."""
         try:
             self._run(should_stop)
-        except FatalStageError as exc:  # the worker logs it once and exits 1 (meterline.workers)
+        except FatalStageError as exc:  # the worker logs it once and exits 1 (meterline.app.workers)
             HEALTH.fail(exc.reason)
             raise
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from generator.templates import Template
-from meterline import reasons
-from meterline.catalog import Catalog
+from meterline.kernel import reasons
+from meterline.kernel.catalog import Catalog
 
 __all__ = ["BAD_REASONS", "BadRecords"]
 

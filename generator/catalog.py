@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from typing import Any, Final
 
 from generator.plans import CURRENCIES, CURRENCY_WEIGHTS, amount, meters, plans
-from meterline.catalog import period_bounds
+from meterline.kernel.catalog import period_bounds
 
 __all__ = ["generate_catalog"]
 

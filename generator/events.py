@@ -14,8 +14,8 @@ from typing import Any, Final
 
 from generator.bad_records import BAD_REASONS, BadRecords
 from generator.templates import Template, event_templates
-from meterline.catalog import Catalog, period_bounds
-from meterline.catalog_file import parse_catalog
+from meterline.kernel.catalog import Catalog, period_bounds
+from meterline.kernel.catalog_file import parse_catalog
 
 __all__ = ["generate_events", "planned_counts"]
 

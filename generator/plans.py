@@ -13,7 +13,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Final
 
-from meterline.currency import minor_units
+from meterline.kernel.currency import minor_units
 
 __all__ = ["CURRENCIES", "CURRENCY_WEIGHTS", "amount", "meters", "plans"]
 

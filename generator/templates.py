@@ -15,7 +15,7 @@ from typing import Final
 
 import orjson
 
-from meterline.catalog import Catalog, Charge, Meter, Plan, period_bounds, zone
+from meterline.kernel.catalog import Catalog, Charge, Meter, Plan, period_bounds, zone
 
 __all__ = ["Template", "event_templates"]
 

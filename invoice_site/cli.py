@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from meterline.catalog import Catalog
-from meterline.command_errors import CommandFailed, UserError
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.command_errors import CommandFailed, UserError
 
 __all__ = ["add_parser", "command"]
 
@@ -50,7 +50,7 @@ def add_parser(sub: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     from consolidation import lake
     from invoice_site.render import render_site
-    from meterline.config import load_settings
+    from meterline.kernel.config import load_settings
 
     settings = load_settings(args.config).with_overrides(
         out_dir=args.out, bootstrap_servers=args.bootstrap_servers
@@ -97,12 +97,12 @@ def _configured_site_dir(settings: Any) -> Path | None:
 
 def _catalog(path: str | None, settings: Any) -> Catalog:
     if path is not None:
-        from meterline.catalog_file import load_catalog
+        from meterline.kernel.catalog_file import load_catalog
 
         return load_catalog(path)
     from confluent_kafka import KafkaException
 
-    from meterline.tables import CompactedTable, ContractsTable
+    from meterline.runtime.tables import CompactedTable, ContractsTable
 
     topics = settings.topics
     try:

@@ -29,7 +29,7 @@ from invoice_site.model import Draft, Invoice
 from invoice_site.pdf import PdfPrinter, embed_einvoice, install_chromium, pdf_keywords, with_keywords
 from invoice_site.render import account_folder, invoice_file, write_bytes_atomically
 from invoice_site.store_read import read_accounts
-from meterline.catalog import Catalog
+from meterline.kernel.catalog import Catalog
 
 __all__ = ["document_paths", "read_final_invoices", "write_documents"]
 

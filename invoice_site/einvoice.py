@@ -16,8 +16,8 @@ from typing import Any, Final
 
 from invoice_site.layout import e
 from invoice_site.model import Draft, Line
-from meterline.catalog import Account, Address, Catalog, Seller
-from meterline.currency import minor_units
+from meterline.kernel.catalog import Account, Address, Catalog, Seller
+from meterline.kernel.currency import minor_units
 
 __all__ = [
     "EINVOICE_LEVEL",

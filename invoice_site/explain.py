@@ -18,7 +18,7 @@ from typing import Final
 from consolidation.currency import round_money
 from invoice_site.model import Draft, Line
 from invoice_site.money import Formatter
-from meterline.catalog import Account, Catalog, Charge, Plan, Tier, period_bounds
+from meterline.kernel.catalog import Account, Catalog, Charge, Plan, Tier, period_bounds
 from rating.pricing import price
 
 __all__ = ["Explanation", "TierRow", "charge_index", "explain_line", "time_band_windows"]

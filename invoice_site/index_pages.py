@@ -10,7 +10,7 @@ from invoice_site.invoice_page import account_label, status_text
 from invoice_site.layout import e, page
 from invoice_site.model import AccountSite
 from invoice_site.money import Formatter
-from meterline.catalog import Account
+from meterline.kernel.catalog import Account
 
 __all__ = ["account_index", "top_index"]
 

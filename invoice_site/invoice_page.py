@@ -13,8 +13,8 @@ from invoice_site.explain import Explanation, charge_index, explain_line, time_b
 from invoice_site.layout import e, page
 from invoice_site.model import Invoice, Line, RatedEvent
 from invoice_site.money import Formatter
-from meterline.catalog import Account, Catalog, Charge
-from meterline.catalog import zone as zone_of
+from meterline.kernel.catalog import Account, Catalog, Charge
+from meterline.kernel.catalog import zone as zone_of
 from rating.charges import in_window
 
 __all__ = ["account_label", "invoice_body", "invoice_document", "status_text"]

@@ -18,7 +18,7 @@ from babel import Locale
 from babel.dates import format_date, format_datetime
 from babel.numbers import NumberPattern, format_decimal, parse_pattern
 
-from meterline.currency import minor_units
+from meterline.kernel.currency import minor_units
 
 __all__ = ["Formatter"]
 

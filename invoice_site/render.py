@@ -22,7 +22,7 @@ from invoice_site.index_pages import account_index, top_index
 from invoice_site.invoice_page import invoice_document
 from invoice_site.model import AccountSite
 from invoice_site.store_read import read_accounts
-from meterline.catalog import Catalog
+from meterline.kernel.catalog import Catalog
 
 __all__ = [
     "account_folder",

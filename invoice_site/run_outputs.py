@@ -8,8 +8,8 @@ from consolidation import lake
 from invoice_site.documents import write_documents
 from invoice_site.pdf import PdfError, find_chromium
 from invoice_site.render import render_site
-from meterline.catalog import Catalog
-from meterline.config import Settings
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.config import Settings
 
 
 def write_site(settings: Settings, catalog: Catalog, out: Path) -> Path:

@@ -26,9 +26,9 @@ from mediation.formats import (
     measured,
 )
 from mediation.normalize import FieldNames, RawUsage, payload, to_event
-from meterline.catalog import Meter
-from meterline.reasons import MALFORMED, TOO_LARGE, Rejected
-from meterline.records import UsageEvent
+from meterline.kernel.catalog import Meter
+from meterline.kernel.reasons import MALFORMED, TOO_LARGE, Rejected
+from meterline.kernel.records import UsageEvent
 
 _NAMES: Final = FieldNames("ce_id", "ce_subject", "ce_type", "ce_time")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator
 
 from mediation.dedup import SeenSet
-from meterline.messages import TP, BatchResult
+from meterline.kernel.messages import TP, BatchResult
 
 BLOCK = b"B"  # changelog key prefix of a block of dedup keys: B<period>\x1f<last offset>
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from meterline.catalog import Account, Catalog
-from meterline.reasons import (
+from meterline.kernel.catalog import Account, Catalog
+from meterline.kernel.reasons import (
     INVALID_TIMESTAMP,
     NO_CONTRACT_IN_EFFECT,
     UNKNOWN_ACCOUNT,
     UNKNOWN_METER,
     Rejected,
 )
-from meterline.records import UsageEvent
+from meterline.kernel.records import UsageEvent
 from rating.charges import MeterCharges, no_matching_charge
 
 # The candidate charges per (plan, meter), built once per batch by the caller.

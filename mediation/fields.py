@@ -17,7 +17,7 @@ from typing import Final
 import orjson
 
 from mediation.literals import IntLiteral
-from meterline.reasons import MALFORMED, Rejected
+from meterline.kernel.reasons import MALFORMED, Rejected
 
 # Range of the integers orjson returns as int (larger ones come back as float).
 _INT_RANGE: Final = range(-(2**63), 2**64)

@@ -39,9 +39,9 @@ from mediation.normalize import (
     payload,
     to_event,
 )
-from meterline.catalog import Meter
-from meterline.reasons import MALFORMED, TOO_LARGE, Rejected
-from meterline.records import UsageEvent
+from meterline.kernel.catalog import Meter
+from meterline.kernel.reasons import MALFORMED, TOO_LARGE, Rejected
+from meterline.kernel.records import UsageEvent
 
 DEFAULT_MAX_SIZE: Final = 65_536
 

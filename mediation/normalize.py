@@ -24,12 +24,12 @@ from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Final
 
-from mediation import units
 from mediation.fields import attribute_text, decimal_text, flatten_attributes, identifier, payload, short
 from mediation.timestamps import FIRST_INSTANT, LAST_INSTANT, TimestampStyle, parse_timestamp
-from meterline.catalog import Meter
-from meterline.reasons import FUTURE_TIMESTAMP, INVALID_QUANTITY, MISSING_FIELD, NOT_BILLABLE, Rejected
-from meterline.records import UsageEvent
+from meterline.kernel import units
+from meterline.kernel.catalog import Meter
+from meterline.kernel.reasons import FUTURE_TIMESTAMP, INVALID_QUANTITY, MISSING_FIELD, NOT_BILLABLE, Rejected
+from meterline.kernel.records import UsageEvent
 
 __all__ = [
     "FIRST_INSTANT",

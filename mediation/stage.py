@@ -1,5 +1,5 @@
 """The mediation stage: parse + validate raw records, repartition by account,
-deduplicate, enrich. A plain transform (meterline.messages.Processor) that the Kafka
+deduplicate, enrich. A plain transform (meterline.kernel.messages.Processor) that the Kafka
 runtime runs, alone or chained with rating.
 
 Two steps share one process and one transaction:
@@ -30,10 +30,10 @@ from mediation.dedup_state import BLOCK as BLOCK  # still importable from here
 from mediation.dedup_state import DedupState, closed_everywhere
 from mediation.enrich import ChargeCache, enrich, local_time
 from mediation.formats import CE_CONTENT_TYPE, CE_SPECVERSION, parse_record
-from meterline.catalog import Account
-from meterline.config import RawTopic, Settings
-from meterline.dlq import cut_short, dead_letter, log_internal_error, max_bytes_of
-from meterline.headers import (
+from meterline.kernel.catalog import Account
+from meterline.kernel.config import RawTopic, Settings
+from meterline.kernel.dlq import cut_short, dead_letter, log_internal_error, max_bytes_of
+from meterline.kernel.headers import (
     CDR_TIMEZONE_HEADER,
     FORMAT_HEADER,
     ORIGIN_HEADER,
@@ -41,11 +41,18 @@ from meterline.headers import (
     TRUNCATED_HEADER,
     cdr_zone,
 )
-from meterline.lineage import LINEAGE_HEADER, lineage_value
-from meterline.messages import TP, BatchResult, InputRecord, OutputRecord
-from meterline.reasons import INVALID_TIMESTAMP, MALFORMED, PERIOD_CLOSED, TOO_LARGE, Rejected, internal_error
-from meterline.records import UsageEvent
-from meterline.views import CatalogView, PeriodsView
+from meterline.kernel.lineage import LINEAGE_HEADER, lineage_value
+from meterline.kernel.messages import TP, BatchResult, InputRecord, OutputRecord
+from meterline.kernel.reasons import (
+    INVALID_TIMESTAMP,
+    MALFORMED,
+    PERIOD_CLOSED,
+    TOO_LARGE,
+    Rejected,
+    internal_error,
+)
+from meterline.kernel.records import UsageEvent
+from meterline.kernel.views import CatalogView, PeriodsView
 from schemas.codec import SchemaError, decode_usage, encode_usage
 
 STAGE = "mediation"

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Final, Literal
 
 from mediation.fields import decimal_text, short
-from meterline.reasons import INVALID_TIMESTAMP, Rejected
+from meterline.kernel.reasons import INVALID_TIMESTAMP, Rejected
 
 # How a format writes its timestamps:
 #   iso_or_epoch: ISO-8601 text with an offset, or epoch seconds as a JSON number

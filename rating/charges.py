@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from meterline.catalog import Charge, ChargeFilters, LocalTimeWindow, Plan
-from meterline.reasons import NO_MATCHING_CHARGE, Rejected
-from meterline.records import UsageEvent
+from meterline.kernel.catalog import Charge, ChargeFilters, LocalTimeWindow, Plan
+from meterline.kernel.reasons import NO_MATCHING_CHARGE, Rejected
+from meterline.kernel.records import UsageEvent
 
 
 class MeterCharges:

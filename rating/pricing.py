@@ -25,7 +25,7 @@ from decimal import (
     Overflow,
 )
 
-from meterline.catalog import Charge, EventRounding, PricingModel, Tier
+from meterline.kernel.catalog import Charge, EventRounding, PricingModel, Tier
 
 # Exact arithmetic: 80 digits hold any product of two 18-place amounts up to
 # 10^40, and trapping Inexact turns an impossible rounding into an error.

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from meterline.catalog import Catalog, Charge, Meter, Plan, zone
-from meterline.reasons import (
+from meterline.kernel.catalog import Catalog, Charge, Meter, Plan, zone
+from meterline.kernel.reasons import (
     INVALID_QUANTITY,
     INVALID_TIMESTAMP,
     MISSING_FIELD,
@@ -29,7 +29,7 @@ from meterline.reasons import (
     Rejected,
     internal_error,
 )
-from meterline.records import RatedUsage, UsageEvent, invoice_id_for
+from meterline.kernel.records import RatedUsage, UsageEvent, invoice_id_for
 from rating.charges import MeterCharges, no_matching_charge
 from rating.pricing import (
     ZERO,

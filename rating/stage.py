@@ -1,5 +1,5 @@
 """The rating stage: price mediated events incrementally with durable running
-aggregates. A plain transform (meterline.messages.Processor) that the Kafka runtime
+aggregates. A plain transform (meterline.kernel.messages.Processor) that the Kafka runtime
 runs, alone or chained after mediation.
 
 No record stops it: one that fails unexpectedly goes to the DLQ as internal_error and
@@ -14,15 +14,15 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 
-from meterline.catalog import Catalog
-from meterline.dlq import DEFAULT_MAX_BYTES, cut_short, dead_letter, log_internal_error
-from meterline.headers import ORIGIN_HEADER, RAW_HEADER
-from meterline.lineage import LINEAGE_HEADER, lineage_value
-from meterline.messages import TP, BatchResult, InputRecord, OutputRecord
-from meterline.reasons import MALFORMED, PERIOD_CLOSED, Rejected, internal_error
-from meterline.records import RatedUsage, UsageEvent
-from meterline.topics import RATED, REJECTED
-from meterline.views import CatalogView, PeriodsView
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.dlq import DEFAULT_MAX_BYTES, cut_short, dead_letter, log_internal_error
+from meterline.kernel.headers import ORIGIN_HEADER, RAW_HEADER
+from meterline.kernel.lineage import LINEAGE_HEADER, lineage_value
+from meterline.kernel.messages import TP, BatchResult, InputRecord, OutputRecord
+from meterline.kernel.reasons import MALFORMED, PERIOD_CLOSED, Rejected, internal_error
+from meterline.kernel.records import RatedUsage, UsageEvent
+from meterline.kernel.topics import RATED, REJECTED
+from meterline.kernel.views import CatalogView, PeriodsView
 from rating.rater import AggregateKey, RatingState, rate_batch
 from schemas.codec import SchemaError, decode_usage, encode_rated_after
 

@@ -21,7 +21,7 @@ from typing import Any, Final, NamedTuple
 
 import fastavro
 
-from meterline.records import RatedUsage, UsageEvent
+from meterline.kernel.records import RatedUsage, UsageEvent
 from schemas.binary import (
     EPOCH,
     Reader,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from meterline.broker import EmbeddedBroker
+from meterline.runtime.broker import EmbeddedBroker
 
 # Property tests judge results, not speed: a per-example deadline fails them at random on a
 # loaded CI machine (three test processes on two cores). Benchmarks measure speed.
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse to test stale compiled code: an extension built by mypyc (setup.py) shadows
     its .py, so an edit is invisible until `make` rebuilds it."""
-    extensions = [path for path in ROOT.glob("*/*.cpython-*.so") if path.parent.name != "build"]
+    found = [*ROOT.glob("*/*.cpython-*.so"), *ROOT.glob("*/*/*.cpython-*.so")]  # packages, subpackages
+    extensions = [path for path in found if not path.relative_to(ROOT).parts[0].startswith((".", "build"))]
     if not extensions:
         return  # plain Python
     stamp = ROOT / ".venv" / ".compiled"

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from hypothesis import strategies as st
 
-from meterline.catalog import (
+from meterline.kernel.catalog import (
     Account,
     Aggregation,
     Catalog,
@@ -26,7 +26,7 @@ from meterline.catalog import (
     PricingModel,
     Tier,
 )
-from meterline.records import UsageEvent
+from meterline.kernel.records import UsageEvent
 
 MODELS: tuple[PricingModel, ...] = ("flat", "graduated", "volume", "package")
 AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max", "unique_count")

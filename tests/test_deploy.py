@@ -18,9 +18,9 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import meterline.health
-import meterline.metrics
-import meterline.workers  # imports every stage, so every metric a worker exports is registered
+import meterline.app.workers  # imports every stage, so every metric a worker exports is registered
+import meterline.runtime.health
+import meterline.runtime.metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -329,7 +329,7 @@ def _seconds(probe: dict[str, Any]) -> int:
 
 
 def test_probes_use_healthz_with_sane_timing() -> None:
-    health = meterline.health.Health()
+    health = meterline.runtime.health.Health()
     for stage, statefulset in _statefulsets().items():
         (container,) = statefulset["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -489,7 +489,7 @@ def test_example_config_lists_every_setting() -> None:
     """deploy/meterline.toml says it holds every setting: keep it true."""
     from dataclasses import fields
 
-    from meterline.config import Settings, load_settings
+    from meterline.kernel.config import Settings, load_settings
 
     text = (DEPLOY / "meterline.toml").read_text()
     for setting in fields(Settings):

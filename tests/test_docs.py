@@ -32,14 +32,14 @@ from consolidation.invoice import UsageTotal, assemble_invoice
 from consolidation.lake import connect as connect_store
 from consolidation.store import BillingStore
 from mediation.formats import parse_record
-from meterline.broker import EmbeddedBroker
-from meterline.catalog import Catalog
-from meterline.catalog_file import CatalogError, load_catalog, parse_catalog, read_catalog_document
-from meterline.config import Settings
-from meterline.dlq import dead_letter
-from meterline.health import Health
-from meterline.publish import create_topics
-from meterline.reasons import REASONS, Rejected
+from meterline.app.publish import create_topics
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.catalog_file import CatalogError, load_catalog, parse_catalog, read_catalog_document
+from meterline.kernel.config import Settings
+from meterline.kernel.dlq import dead_letter
+from meterline.kernel.reasons import REASONS, Rejected
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.health import Health
 from rating.pricing import price
 from tests.test_deploy import ALERTS, _registry
 

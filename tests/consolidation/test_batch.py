@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from consolidation.batch import TotalKey, build_batch, build_writable_batch, fits
-from meterline.messages import InputRecord
+from meterline.kernel.messages import InputRecord
 from schemas.codec import RATED_FIELDS
 from tests.consolidation.test_store import record
 

@@ -22,10 +22,10 @@ from consolidation.closing import (
 )
 from consolidation.invoice import UsageTotal
 from consolidation.store import BillingStore, Position
-from meterline import metrics
-from meterline.catalog import Catalog
-from meterline.catalog_file import load_catalog
-from meterline.health import HEALTH
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.catalog_file import load_catalog
+from meterline.runtime import metrics
+from meterline.runtime.health import HEALTH
 from tests.support.store_batches import apply_batch
 
 CATALOG = Path(__file__).parent.parent / "data" / "catalog.yaml"

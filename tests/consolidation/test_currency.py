@@ -15,7 +15,7 @@ from consolidation.currency import (
     round_money,
     round_money_ratio,
 )
-from meterline.catalog import RoundingMode
+from meterline.kernel.catalog import RoundingMode
 
 D = Decimal
 

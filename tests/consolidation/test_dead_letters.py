@@ -8,7 +8,7 @@ from confluent_kafka import Producer
 
 from consolidation.batch import Rejection
 from consolidation.dead_letters import DeadLetterSender, Undelivered
-from meterline.messages import InputRecord
+from meterline.kernel.messages import InputRecord
 
 
 def _rejection(size: int) -> Rejection:

@@ -18,7 +18,7 @@ from consolidation.invoice import (
     UsageTotal,
     assemble_invoice,
 )
-from meterline.catalog import (
+from meterline.kernel.catalog import (
     Account,
     Catalog,
     Charge,
@@ -30,7 +30,7 @@ from meterline.catalog import (
     RoundingMode,
     Tier,
 )
-from meterline.records import invoice_id_for
+from meterline.kernel.records import invoice_id_for
 
 D = Decimal
 

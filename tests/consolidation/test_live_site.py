@@ -13,7 +13,7 @@ from consolidation import live_site
 from consolidation.closing import refresh_previews
 from consolidation.live_site import LiveSite
 from consolidation.store import BillingStore, Position
-from meterline.catalog_file import load_catalog
+from meterline.kernel.catalog_file import load_catalog
 from tests.support.store_batches import apply_batch
 
 FLAT = Path(__file__).parent.parent / "data" / "flat" / "catalog.yaml"

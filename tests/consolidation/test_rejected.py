@@ -26,11 +26,11 @@ from consolidation.rejected import (
     waiting_by_reason,
 )
 from consolidation.store import BillingStore
-from meterline.catalog import Catalog
-from meterline.catalog_file import load_catalog
-from meterline.dlq import dead_letter
-from meterline.records import RatedUsage, UsageEvent, invoice_id_for
-from meterline.topics import RATED, REJECTED
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.catalog_file import load_catalog
+from meterline.kernel.dlq import dead_letter
+from meterline.kernel.records import RatedUsage, UsageEvent, invoice_id_for
+from meterline.kernel.topics import RATED, REJECTED
 from schemas.codec import encode_rated
 
 DATA = Path(__file__).parent.parent / "data" / "flat"
@@ -51,7 +51,7 @@ def letter(
     stage: str = "mediation",
     partition: int = 0,
 ) -> DeadLetter:
-    """A DLQ record as mediation builds it (meterline.dlq.dead_letter), read back at `offset`."""
+    """A DLQ record as mediation builds it (meterline.kernel.dlq.dead_letter), read back at `offset`."""
     out = dead_letter(value, b"key", reason, f"detail of {reason}", stage, *source)
     return DeadLetter(REJECTED, partition, offset, DLQ_TIME_MS, out.value, out.headers or [])
 

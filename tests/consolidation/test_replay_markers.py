@@ -14,8 +14,8 @@ import pytest
 from consolidation.rejected import row_of, save_rejected
 from consolidation.replay_markers import letter_of_key, marker_problem, replayed_at, sync_replayed
 from consolidation.store import BillingStore
-from meterline.catalog import Catalog
-from meterline.topics import REJECTED
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.topics import REJECTED
 from tests.consolidation.test_rejected import FORMATS, letter, native
 
 AT = datetime(2026, 10, 2, 8, 30, tzinfo=UTC)
@@ -24,7 +24,7 @@ LATER = datetime(2026, 10, 5, tzinfo=UTC)
 
 @pytest.fixture
 def catalog() -> Catalog:
-    from meterline.catalog_file import load_catalog
+    from meterline.kernel.catalog_file import load_catalog
 
     return load_catalog(Path(__file__).parent.parent / "data" / "flat" / "catalog.yaml")
 

@@ -17,8 +17,8 @@ from consolidation.closing import finalize_period, refresh_previews
 from consolidation.files import RatedRows
 from consolidation.lake import ALIAS
 from consolidation.store import BillingStore, Position
-from meterline.catalog_file import load_catalog
-from meterline.checkpoint import commit_checkpoint
+from meterline.kernel.catalog_file import load_catalog
+from meterline.kernel.checkpoint import commit_checkpoint
 from schemas.codec import RATED_FIELDS
 from tests.support.store_batches import apply_batch
 

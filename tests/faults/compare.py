@@ -14,8 +14,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from meterline.progress import Totals
-from meterline.publish import InputFile
+from meterline.app.publish import InputFile
+from meterline.runtime.progress import Totals
 from tests.integration.harness import meterline_run, table
 
 # Every column but generated_at (the instant a draft was written).

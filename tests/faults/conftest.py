@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from generator import generate_catalog, generate_events
-from meterline.publish import InputFile
+from meterline.app.publish import InputFile
 from tests.faults.compare import reference_run
 from tests.faults.harness import EVENTS, KILL_EVENTS, MONTH, StallableBroker
 from tests.faults.report import FaultResult, write_report

@@ -31,7 +31,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from generator import generate_events
-from meterline import reasons
+from meterline.kernel import reasons
 
 FORMATS = ("json", "cloudevents", "lago", "asterisk-csv")
 MAX_RECORD_BYTES = 65_536  # mediation's default raw record limit

@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from meterline.broker import EmbeddedBroker
-from meterline.config import Settings
-from meterline.pipeline import Workers
-from meterline.progress import StatsReader, Totals, drained
-from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
-from meterline.workers import STAGES
+from meterline.app.pipeline import Workers
+from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
+from meterline.app.workers import STAGES
+from meterline.kernel.config import Settings
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.progress import StatsReader, Totals, drained
 
 EVENTS = int(os.environ.get("METERLINE_FAULT_EVENTS", "500000"))
 KILL_EVENTS = int(os.environ.get("METERLINE_FAULT_KILL_EVENTS", EVENTS))

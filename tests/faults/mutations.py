@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from meterline import reasons
+from meterline.kernel import reasons
 from tests.faults.garbage import (
     BAD_QUANTITY,
     BAD_TIME,

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from meterline.topics import CONTRACTS, PERIODS
+from meterline.kernel.topics import CONTRACTS, PERIODS
 
 Record = tuple[str, bytes | None, bytes | None]  # topic, key, value
 

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from meterline.progress import Totals
+from meterline.runtime.progress import Totals
 from tests.faults.compare import compare_outputs, fail, reconciliation_problems
 from tests.faults.conftest import Stream
 from tests.faults.harness import FaultPipeline, Kill, StallableBroker, fault_seed

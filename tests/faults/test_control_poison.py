@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from meterline.config import Settings
-from meterline.kafka_config import plain_producer_config
-from meterline.publish import InputError, InputFile, publish_close
-from meterline.workers import STAGES
+from meterline.app.publish import InputError, InputFile, publish_close
+from meterline.app.workers import STAGES
+from meterline.kernel.config import Settings
+from meterline.runtime.kafka_config import plain_producer_config
 from tests.faults.compare import compare_outputs, fail, reconciliation_problems
 from tests.faults.conftest import Stream
 from tests.faults.harness import FaultPipeline, StallableBroker, fault_seed

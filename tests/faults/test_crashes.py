@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from meterline.progress import Totals
-from meterline.workers import STAGES
+from meterline.app.workers import STAGES
+from meterline.runtime.progress import Totals
 from tests.faults.compare import compare_outputs, fail, reconciliation_problems
 from tests.faults.conftest import Stream
 from tests.faults.harness import (

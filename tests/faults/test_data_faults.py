@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from generator import generate_events
-from meterline.publish import InputFile
+from meterline.app.publish import InputFile
 from tests.faults.compare import compare_outputs, fail, reconciliation_problems
 from tests.faults.conftest import Stream
 from tests.faults.harness import EVENTS, MONTH, FaultPipeline, StallableBroker, fault_seed

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from meterline.publish import InputFile
-from meterline.reasons import INTERNAL_ERROR, REASONS
-from meterline.topics import RAW, REJECTED
+from meterline.app.publish import InputFile
+from meterline.kernel.reasons import INTERNAL_ERROR, REASONS
+from meterline.kernel.topics import RAW, REJECTED
 from tests.faults.compare import compare_outputs, fail, reconciliation_problems
 from tests.faults.conftest import Stream
 from tests.faults.garbage import FORMATS, Hostile

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from generator import generate_catalog, generate_events
-from meterline.reasons import REASONS
+from meterline.kernel.reasons import REASONS
 from tests.faults.garbage import FORMATS, MAX_RECORD_BYTES, ONE_MB, Hostile
 from tests.faults.harness import MONTH
 from tests.faults.mutations import hostile_records as generate

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from generator import generate_catalog
-from meterline.catalog import Catalog
-from meterline.catalog_file import parse_catalog
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.catalog_file import parse_catalog
 
 MONTH = "2026-10"
 

@@ -11,8 +11,8 @@ from generator.events import generate_events
 from generator.templates import event_templates
 from mediation.enrich import enrich, local_time
 from mediation.formats import parse_record
-from meterline.catalog import Catalog
-from meterline.reasons import Rejected
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.reasons import Rejected
 from tests.generator.conftest import MONTH
 
 

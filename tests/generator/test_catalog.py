@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from generator.catalog import generate_catalog
-from meterline.catalog import Catalog, period_bounds
-from meterline.catalog_file import load_catalog, parse_catalog
+from meterline.kernel.catalog import Catalog, period_bounds
+from meterline.kernel.catalog_file import load_catalog, parse_catalog
 from tests.generator.conftest import MONTH
 
 

@@ -16,9 +16,9 @@ import pytest
 from generator.bad_records import BAD_REASONS
 from generator.catalog import generate_catalog
 from generator.events import generate_events, planned_counts
-from meterline.catalog import Catalog, period_bounds
-from meterline.catalog_file import load_catalog, read_catalog_document
-from meterline.reasons import MALFORMED, Rejected
+from meterline.kernel.catalog import Catalog, period_bounds
+from meterline.kernel.catalog_file import load_catalog, read_catalog_document
+from meterline.kernel.reasons import MALFORMED, Rejected
 from tests.generator.conftest import MONTH
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "data" / "catalog.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 from generator.catalog import generate_catalog
 from generator.events import generate_events
 from generator.files import write_month
-from meterline.catalog_file import load_catalog, parse_catalog
+from meterline.kernel.catalog_file import load_catalog, parse_catalog
 
 
 def test_write_month_writes_the_generated_catalog_and_events(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from collections import Counter
 from decimal import Decimal
 
 from generator.plans import CURRENCIES, amount, meters, plans
-from meterline.catalog_file import parse_catalog
+from meterline.kernel.catalog_file import parse_catalog
 
 
 def test_three_plans_per_currency_with_unique_ids() -> None:

@@ -8,7 +8,7 @@ import random
 from datetime import UTC, datetime
 
 from generator.templates import event_templates
-from meterline.catalog import Catalog, period_bounds
+from meterline.kernel.catalog import Catalog, period_bounds
 from tests.generator.conftest import MONTH
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from consolidation.lake import connect as connect_store
 from generator import write_month
-from meterline.broker import EmbeddedBroker
-from meterline.config import Settings
-from meterline.pipeline import Workers
-from meterline.progress import StatsReader, Totals, drained
-from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog
+from meterline.app.pipeline import Workers
+from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog
+from meterline.kernel.config import Settings
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.progress import StatsReader, Totals, drained
 
 
 def write_dataset(folder: Path, accounts: int, events: int, seed: int) -> tuple[Path, Path]:
@@ -138,7 +138,7 @@ def read_topic(bootstrap_servers: str, topic: str) -> list[Any]:
 
 def after_lineage_guard(messages: list[Any]) -> list[Any]:
     """What a reader applying the lineage guard keeps (drops replayed copies of aborted transactions)."""
-    from meterline.lineage import LINEAGE_HEADER, LineageGuard
+    from meterline.kernel.lineage import LINEAGE_HEADER, LineageGuard
 
     guards: dict[int, LineageGuard] = {}
     kept = []

@@ -36,16 +36,16 @@ from consolidation.closing import accounts_active_in
 from consolidation.lake import connect as connect_store
 from consolidation.stage import Consolidator, FatalStageError
 from consolidation.store import BillingStore
-from meterline import metrics
-from meterline.broker import EmbeddedBroker
-from meterline.catalog_file import load_catalog
-from meterline.config import Settings
-from meterline.health import HEALTH
-from meterline.progress import Totals
-from meterline.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
-from meterline.records import RatedUsage, UsageEvent, invoice_id_for
-from meterline.tables import CompactedTable, ContractsTable, PeriodsTable
-from meterline.topics import CONTRACTS, PERIODS, RATED, REJECTED
+from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
+from meterline.kernel.catalog_file import load_catalog
+from meterline.kernel.config import Settings
+from meterline.kernel.records import RatedUsage, UsageEvent, invoice_id_for
+from meterline.kernel.topics import CONTRACTS, PERIODS, RATED, REJECTED
+from meterline.runtime import metrics
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.health import HEALTH
+from meterline.runtime.progress import Totals
+from meterline.runtime.tables import CompactedTable, ContractsTable, PeriodsTable
 from schemas.codec import encode_rated
 from tests.integration.harness import LivePipeline, meterline_run, read_topic, table, write_dataset
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meterline.broker import EmbeddedBroker
+from meterline.runtime.broker import EmbeddedBroker
 from tests.integration.harness import USAGE_TOTALS, LivePipeline, run_reference, table, write_dataset
 
 pytestmark = pytest.mark.integration

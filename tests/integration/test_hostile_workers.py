@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from meterline.broker import EmbeddedBroker, free_port
-from meterline.config import Settings
-from meterline.progress import StatsReader, Totals, drained
-from meterline.publish import create_topics
-from meterline.topics import CONTRACTS, PERIODS, REJECTED
+from meterline.app.publish import create_topics
+from meterline.kernel.config import Settings
+from meterline.kernel.topics import CONTRACTS, PERIODS, REJECTED
+from meterline.runtime.broker import EmbeddedBroker, free_port
+from meterline.runtime.progress import StatsReader, Totals, drained
 
 pytestmark = pytest.mark.integration
 

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from meterline.broker import EmbeddedBroker
-from meterline.config import RawTopic, Settings, settings_to_toml
-from meterline.pipeline import Workers
-from meterline.publish import create_topics, publish_catalog
-from meterline.records import RatedUsage
-from meterline.replay import replay
-from meterline.replay_select import Selection
-from meterline.topics import RATED, REJECTED
+from meterline.app.pipeline import Workers
+from meterline.app.publish import create_topics, publish_catalog
+from meterline.app.replay import replay
+from meterline.app.replay_select import Selection
+from meterline.kernel.config import RawTopic, Settings, settings_to_toml
+from meterline.kernel.records import RatedUsage
+from meterline.kernel.topics import RATED, REJECTED
+from meterline.runtime.broker import EmbeddedBroker
 from schemas.codec import decode_rated
 from tests.integration.harness import after_lineage_guard, read_topic
 

@@ -34,9 +34,9 @@ import duckdb
 import pytest
 
 from consolidation import lake
-from meterline.broker import EmbeddedBroker
-from meterline.progress import drained
-from meterline.publish import InputFile, produce_inputs
+from meterline.app.publish import InputFile, produce_inputs
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.progress import drained
 from tests.integration.harness import LivePipeline, table, write_dataset
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from meterline.broker import EmbeddedBroker
-from meterline.publish import InputFile, produce_inputs, publish_catalog, publish_close
-from meterline.topics import MEDIATED, RAW, REJECTED
+from meterline.app.publish import InputFile, produce_inputs, publish_catalog, publish_close
+from meterline.kernel.topics import MEDIATED, RAW, REJECTED
+from meterline.runtime.broker import EmbeddedBroker
 from schemas.codec import decode_usage
 from tests.integration.harness import LivePipeline, after_lineage_guard, read_topic, write_dataset
 

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from consolidation import lake
-from meterline.broker import EmbeddedBroker
-from meterline.config import settings_to_toml
-from meterline.progress import Totals
-from meterline.publish import publish_close
+from meterline.app.publish import publish_close
+from meterline.kernel.config import settings_to_toml
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.progress import Totals
 from tests.integration.harness import LivePipeline, meterline_run, write_dataset
 from tests.support.postgres import PostgresServer, running_postgres
 

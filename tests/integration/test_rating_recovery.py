@@ -5,7 +5,7 @@ Checked after every scenario:
 
 - `usage_totals` equal those of `meterline run` on the same input (nothing killed);
 - the rated topic, read with read_committed and passed through the lineage guard
-  (what every reader does, see meterline.lineage), holds each mediated event once:
+  (what every reader does, see meterline.kernel.lineage), holds each mediated event once:
   count == distinct (account_id, event_id) == rated total;
 - `rated_usage` in the sink holds each rated event once.
 
@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from generator import planned_counts
-from meterline.broker import EmbeddedBroker
-from meterline.lineage import LINEAGE_HEADER
-from meterline.progress import Totals
-from meterline.topics import RATED
+from meterline.kernel.lineage import LINEAGE_HEADER
+from meterline.kernel.topics import RATED
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.progress import Totals
 from schemas.codec import decode_rated_record
 from tests.integration.harness import (
     USAGE_TOTALS,

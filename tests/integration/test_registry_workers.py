@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import pytest
 
-from meterline.broker import EmbeddedBroker
-from meterline.publish import publish_close
+from meterline.app.publish import publish_close
+from meterline.runtime.broker import EmbeddedBroker
 from schemas.codec import PINNED, configure
 from tests.integration.harness import LivePipeline, meterline_run, read_topic, table
 from tests.support.fake_registry import FakeSchemaRegistry

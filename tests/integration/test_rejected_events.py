@@ -1,7 +1,7 @@
 """rejected_events on the real embedded broker: the DLQ as a table of what is waiting.
 
 * While the consolidator runs, DLQ records built as mediation builds them
-  (meterline.dlq.dead_letter) become rows that answer "which customers have unbilled
+  (meterline.kernel.dlq.dead_letter) become rows that answer "which customers have unbilled
   usage waiting, since when"; unreadable records still make rows; a second DLQ copy of
   one original is not a second row; the gauge of waiting records follows.
 * The table's Parquet export answers the same while the worker holds billing.duckdb.
@@ -29,14 +29,14 @@ from consolidation.lake import connect as connect_store
 from consolidation.rejected import WAITING, parquet_path
 from consolidation.rejected_feed import GROUP, catch_up
 from consolidation.store import BillingStore
-from meterline.broker import EmbeddedBroker
-from meterline.catalog_file import load_catalog
-from meterline.config import Settings
-from meterline.dlq import dead_letter
-from meterline.health import HEALTH
-from meterline.pipeline import Workers
-from meterline.publish import create_topics, publish_catalog
-from meterline.topics import REJECTED
+from meterline.app.pipeline import Workers
+from meterline.app.publish import create_topics, publish_catalog
+from meterline.kernel.catalog_file import load_catalog
+from meterline.kernel.config import Settings
+from meterline.kernel.dlq import dead_letter
+from meterline.kernel.topics import REJECTED
+from meterline.runtime.broker import EmbeddedBroker
+from meterline.runtime.health import HEALTH
 from tests.integration.harness import table
 from tests.integration.test_consolidation import FLAT_CATALOG, InProcessConsolidator
 

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from consolidation.rejected import parquet_path
-from meterline.broker import EmbeddedBroker
-from meterline.cli import main
-from meterline.publish import publish_catalog, publish_close
+from meterline.app.cli import main
+from meterline.app.publish import publish_catalog, publish_close
+from meterline.runtime.broker import EmbeddedBroker
 from tests.integration.harness import LivePipeline, meterline_run, table
 
 pytestmark = pytest.mark.integration

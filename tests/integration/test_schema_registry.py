@@ -21,8 +21,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from meterline.broker import EmbeddedBroker
-from meterline.records import RatedUsage, UsageEvent
+from meterline.kernel.records import RatedUsage, UsageEvent
+from meterline.runtime.broker import EmbeddedBroker
 from schemas.codec import PINNED, configure, encode_rated, encode_rated_after, encode_usage
 from schemas.registry_client import use_registry
 from tests.support.fake_registry import FakeSchemaRegistry

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from confluent_kafka.admin import AdminClient
 
-from meterline.broker import EmbeddedBroker
-from meterline.publish import publish_close
+from meterline.app.publish import publish_close
+from meterline.runtime.broker import EmbeddedBroker
 from tests.integration.harness import LivePipeline, meterline_run, read_topic, table
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from consolidation.closing import finalize_period, refresh_previews
 from consolidation.files import RATED_SCHEMA
 from consolidation.store import BillingStore, Position
 from mediation.enrich import enrich, local_time
-from meterline.catalog import Catalog
-from meterline.records import UsageEvent
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.records import UsageEvent
 from rating.rater import RatingState, rate_batch
 from tests.support.store_batches import Key, apply_batch
 

@@ -13,9 +13,9 @@ import duckdb
 import pytest
 
 from consolidation import lake
-from meterline.catalog import Catalog
-from meterline.catalog_file import load_catalog
-from meterline.records import UsageEvent
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.catalog_file import load_catalog
+from meterline.kernel.records import UsageEvent
 from tests.invoice_site.builder import StoreBuilder
 
 CATALOG = Path(__file__).parent / "data" / "catalog.yaml"

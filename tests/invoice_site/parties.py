@@ -15,8 +15,8 @@ from typing import Any
 import facturx
 from lxml import etree
 
-from meterline.catalog import Catalog
-from meterline.catalog_file import parse_catalog, read_catalog_document
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.catalog_file import parse_catalog, read_catalog_document
 from tests.invoice_site.builder import StoreBuilder
 from tests.invoice_site.conftest import (
     CATALOG,

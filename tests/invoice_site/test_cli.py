@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meterline.cli import main
+from meterline.app.cli import main
 from tests.invoice_site.conftest import CATALOG, Store
 
 

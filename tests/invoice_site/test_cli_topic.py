@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from meterline.broker import EmbeddedBroker
-from meterline.cli import main
-from meterline.config import Settings
-from meterline.publish import publish_catalog
+from meterline.app.cli import main
+from meterline.app.publish import publish_catalog
+from meterline.kernel.config import Settings
+from meterline.runtime.broker import EmbeddedBroker
 from tests.invoice_site.conftest import CATALOG, Store
 from tests.invoice_site.pages import text
 

@@ -21,8 +21,8 @@ from invoice_site.documents import read_final_invoices
 from invoice_site.einvoice import EInvoiceError, blockers, cii_xml
 from invoice_site.render import account_folder, invoice_file
 from mediation.formats import parse_record
-from meterline.catalog import Catalog
-from meterline.catalog_file import parse_catalog
+from meterline.kernel.catalog import Catalog
+from meterline.kernel.catalog_file import parse_catalog
 from tests.invoice_site.builder import StoreBuilder
 from tests.invoice_site.conftest import Store
 from tests.invoice_site.parties import (

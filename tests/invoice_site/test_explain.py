@@ -10,7 +10,7 @@ from pathlib import Path
 from invoice_site.explain import charge_index, explain_line
 from invoice_site.model import Draft, Line
 from invoice_site.money import Formatter
-from meterline.catalog_file import load_catalog
+from meterline.kernel.catalog_file import load_catalog
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "docs" / "examples" / "catalog.yaml"
 CATALOG = load_catalog(EXAMPLES)

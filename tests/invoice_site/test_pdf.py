@@ -17,11 +17,11 @@ from pypdf import PdfReader
 
 from invoice_site import pdf
 from invoice_site.documents import document_paths, write_documents
-from meterline.broker import EmbeddedBroker
-from meterline.catalog_file import parse_catalog
-from meterline.cli import main
-from meterline.config import Settings
-from meterline.publish import publish_catalog
+from meterline.app.cli import main
+from meterline.app.publish import publish_catalog
+from meterline.kernel.catalog_file import parse_catalog
+from meterline.kernel.config import Settings
+from meterline.runtime.broker import EmbeddedBroker
 from tests.invoice_site.conftest import Store
 from tests.invoice_site.parties import BUYERS, party_document, party_store_in
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from mediation.cloudevents import parse_binary_cloudevent
-from meterline.reasons import INVALID_TIMESTAMP, MALFORMED, MISSING_FIELD, TOO_LARGE, Rejected
-from meterline.records import UsageEvent
+from meterline.kernel.reasons import INVALID_TIMESTAMP, MALFORMED, MISSING_FIELD, TOO_LARGE, Rejected
+from meterline.kernel.records import UsageEvent
 from tests.mediation.test_formats import METERS, NOW, cloudevent, parse
 
 

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from mediation.dedup import KEY_BYTES, SeenSet, dedup_key
 from mediation.stage import MediationProcessor
-from meterline.catalog import Account, Catalog, Charge, ChargeFilters, Contract, Meter, Plan
-from meterline.config import RawTopic, Settings
-from meterline.messages import TP, BatchResult, InputRecord
-from meterline.tables import ContractsTable, PeriodsTable
-from meterline.topics import MEDIATED, REJECTED
+from meterline.kernel.catalog import Account, Catalog, Charge, ChargeFilters, Contract, Meter, Plan
+from meterline.kernel.config import RawTopic, Settings
+from meterline.kernel.messages import TP, BatchResult, InputRecord
+from meterline.kernel.topics import MEDIATED, REJECTED
+from meterline.runtime.tables import ContractsTable, PeriodsTable
 from schemas.codec import decode_usage
 from tests.mediation.test_stage import Contracts, Periods
 

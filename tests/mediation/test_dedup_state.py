@@ -8,7 +8,7 @@ from collections import Counter
 
 from mediation.dedup import dedup_key
 from mediation.dedup_state import BLOCK, DedupState, closed_everywhere
-from meterline.messages import TP, BatchResult
+from meterline.kernel.messages import TP, BatchResult
 
 TP0: TP = ("repartition", 0)
 TP1: TP = ("repartition", 1)

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mediation.formats import account_of, detect_format, parse_record
-from meterline.catalog import Meter
-from meterline.headers import FORMATS
-from meterline.reasons import (
+from meterline.kernel.catalog import Meter
+from meterline.kernel.headers import FORMATS
+from meterline.kernel.reasons import (
     FUTURE_TIMESTAMP,
     INVALID_QUANTITY,
     INVALID_TIMESTAMP,
@@ -32,7 +32,7 @@ from meterline.reasons import (
     VALIDATION_REASONS,
     Rejected,
 )
-from meterline.records import UsageEvent
+from meterline.kernel.records import UsageEvent
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 NOW = datetime(2026, 3, 31, tzinfo=UTC)

@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 
 from mediation.formats import parse_record
-from meterline.catalog import Meter
-from meterline.reasons import INVALID_QUANTITY, Rejected
+from meterline.kernel.catalog import Meter
+from meterline.kernel.reasons import INVALID_QUANTITY, Rejected
 from tests.mediation.test_formats import cloudevent, lago, native, parse, rejection
 
 TRANSFER = {"transfer": Meter("transfer", "GB", "sum", source_unit="byte")}

@@ -15,15 +15,15 @@ from structlog.testing import capture_logs
 
 from mediation.dedup import KEY_BYTES
 from mediation.stage import MediationProcessor
-from meterline.catalog import Account, Catalog, Charge, Contract, Meter, Plan
-from meterline.config import RawTopic, Settings
-from meterline.dlq import DEFAULT_MAX_BYTES, record_size
-from meterline.headers import ORIGIN_HEADER, RAW_HEADER, TRUNCATED_HEADER
-from meterline.lineage import LINEAGE_HEADER, lineage_value
-from meterline.messages import InputRecord, OutputRecord
-from meterline.records import UsageEvent
-from meterline.tables import ContractsTable, PeriodsTable
-from meterline.topics import MEDIATED, REJECTED, REPARTITION
+from meterline.kernel.catalog import Account, Catalog, Charge, Contract, Meter, Plan
+from meterline.kernel.config import RawTopic, Settings
+from meterline.kernel.dlq import DEFAULT_MAX_BYTES, record_size
+from meterline.kernel.headers import ORIGIN_HEADER, RAW_HEADER, TRUNCATED_HEADER
+from meterline.kernel.lineage import LINEAGE_HEADER, lineage_value
+from meterline.kernel.messages import InputRecord, OutputRecord
+from meterline.kernel.records import UsageEvent
+from meterline.kernel.topics import MEDIATED, REJECTED, REPARTITION
+from meterline.runtime.tables import ContractsTable, PeriodsTable
 from schemas.codec import decode_usage, encode_usage
 
 RAW = "meterline.raw"

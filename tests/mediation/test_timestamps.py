@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mediation.formats import parse_record
-from meterline.headers import cdr_zone
-from meterline.reasons import INVALID_TIMESTAMP, Rejected
+from meterline.kernel.headers import cdr_zone
+from meterline.kernel.reasons import INVALID_TIMESTAMP, Rejected
 from tests.mediation.test_formats import METERS, cdr, cloudevent, lago, native, parse, rejection
 
 FIRST = datetime(1970, 1, 1, tzinfo=UTC)

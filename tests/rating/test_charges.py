@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mediation.enrich import enrich, local_time
-from meterline.catalog import Charge, ChargeFilters, LocalTimeWindow, Meter, Plan
-from meterline.reasons import NO_MATCHING_CHARGE, Rejected
-from meterline.records import UsageEvent
+from meterline.kernel.catalog import Charge, ChargeFilters, LocalTimeWindow, Meter, Plan
+from meterline.kernel.reasons import NO_MATCHING_CHARGE, Rejected
+from meterline.kernel.records import UsageEvent
 from rating.charges import filters_match, in_window, select_charge
 from rating.rater import RatingState, rate
 from tests.strategies import ACCOUNT_ID, PLAN_ID, catalog_with, usage_event

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meterline.catalog import Charge, EventRounding, Tier
+from meterline.kernel.catalog import Charge, EventRounding, Tier
 from rating.pricing import PriceSchedule, add_quantity, price, round_event_quantity, schedule_for
 from tests.strategies import charges, decimals, event_roundings, quantities
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterline.catalog import Charge, ChargeFilters, EventRounding, LocalTimeWindow, Meter, Plan, Tier
-from meterline.reasons import (
+from meterline.kernel.catalog import Charge, ChargeFilters, EventRounding, LocalTimeWindow, Meter, Plan, Tier
+from meterline.kernel.reasons import (
     INTERNAL_ERROR,
     INVALID_QUANTITY,
     MISSING_FIELD,
@@ -22,7 +22,7 @@ from meterline.reasons import (
     UNKNOWN_METER,
     Rejected,
 )
-from meterline.records import UsageEvent, invoice_id_for
+from meterline.kernel.records import UsageEvent, invoice_id_for
 from rating.pricing import price, round_event_quantity
 from rating.rater import AggregateKey, RatingState, rate, rate_batch
 from tests.strategies import (

@@ -9,12 +9,12 @@ from typing import Any, cast
 
 from structlog.testing import capture_logs
 
-from meterline.catalog import Catalog, Charge, ChargeFilters, Meter
-from meterline.headers import ORIGIN_HEADER, RAW_HEADER
-from meterline.lineage import LINEAGE_HEADER, lineage_value
-from meterline.messages import InputRecord, OutputRecord
-from meterline.tables import ContractsTable, PeriodsTable
-from meterline.topics import MEDIATED, RATED, REJECTED
+from meterline.kernel.catalog import Catalog, Charge, ChargeFilters, Meter
+from meterline.kernel.headers import ORIGIN_HEADER, RAW_HEADER
+from meterline.kernel.lineage import LINEAGE_HEADER, lineage_value
+from meterline.kernel.messages import InputRecord, OutputRecord
+from meterline.kernel.topics import MEDIATED, RATED, REJECTED
+from meterline.runtime.tables import ContractsTable, PeriodsTable
 from rating.stage import RatingProcessor
 from schemas.codec import decode_rated, encode_usage
 from tests.strategies import catalog_with, usage_event

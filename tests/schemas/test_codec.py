@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meterline.records import RatedUsage, UsageEvent
+from meterline.kernel.records import RatedUsage, UsageEvent
 from schemas.binary import write_decimal, write_long, write_string
 from schemas.codec import (
     MEDIATED_FILE,

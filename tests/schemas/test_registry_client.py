@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meterline.records import UsageEvent
+from meterline.kernel.records import UsageEvent
 from schemas.codec import MEDIATED_FILE, PINNED, RATED_FILE, SchemaIds, configure, decode_usage, encode_usage
 from schemas.registry_client import (
     Registry,
