@@ -18,7 +18,6 @@ changelog, are mediation.dedup_state's.
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
@@ -40,6 +39,7 @@ from meterline.kernel.headers import (
     RAW_HEADER,
     TRUNCATED_HEADER,
     cdr_zone,
+    partition_of,
 )
 from meterline.kernel.lineage import LINEAGE_HEADER, lineage_value
 from meterline.kernel.messages import TP, BatchResult, InputRecord, OutputRecord
@@ -61,15 +61,12 @@ STAGE = "mediation"
 _READING_HEADERS = frozenset((FORMAT_HEADER, CDR_TIMEZONE_HEADER, CE_CONTENT_TYPE))
 
 
-def partition_for(account_id: str, partitions: int) -> int:
-    # Explicit, stable partitioning so repartition, mediated and rated topics stay co-partitioned.
-    return zlib.crc32(account_id.encode()) % partitions
-
-
 @lru_cache(maxsize=1 << 16)
 def _route(account_id: str, partitions: int) -> tuple[bytes, int]:
-    """Key and partition of an account's records (memoised: computed for every event)."""
-    return account_id.encode(), partition_for(account_id, partitions)
+    """Key and partition of an account's records (memoised: computed for every event). The
+    partition is explicit, so that repartition, mediated and rated topics stay co-partitioned."""
+    key = account_id.encode()
+    return key, partition_of(key, partitions)
 
 
 class _Keyed:

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from meterline.kernel.catalog import Catalog
 from meterline.kernel.dlq import DEFAULT_MAX_BYTES, cut_short, dead_letter, log_internal_error
-from meterline.kernel.headers import ORIGIN_HEADER, RAW_HEADER
+from meterline.kernel.headers import ORIGIN_HEADER, RAW_HEADER, partition_of
 from meterline.kernel.lineage import LINEAGE_HEADER, lineage_value
 from meterline.kernel.messages import TP, BatchResult, InputRecord, OutputRecord
 from meterline.kernel.reasons import MALFORMED, PERIOD_CLOSED, Rejected, internal_error
@@ -50,6 +50,7 @@ class RatingProcessor:
         max_dlq_bytes: int = DEFAULT_MAX_BYTES,
         rated_topic: str = RATED,
         dlq_topic: str = REJECTED,
+        rated_partitions: int | None = None,
     ) -> None:
         self.contracts = contracts
         self.periods = periods
@@ -57,6 +58,10 @@ class RatingProcessor:
         # The installation's output and DLQ topics (with its topic prefix, if any).
         self.rated_topic = rated_topic
         self.dlq_topic = dlq_topic
+        # A rated record goes to its input's partition (the mediated topic is partitioned by
+        # account); chained after mediation on a raw partition, to its account's partition of
+        # this many (the same rule as mediation's, so rated stays co-partitioned).
+        self.rated_partitions = rated_partitions
         self.state: dict[TP, RatingState] = {}
         # Changelog tombstones of forgotten aggregates, written with the partition's next batch.
         self._tombstones: dict[TP, list[bytes]] = {}
@@ -198,10 +203,13 @@ class RatingProcessor:
         """The rated records to emit, in order; or the first (index, rejection) that failed."""
         outputs: list[OutputRecord] = []
         rated_iter = iter(rated)
+        partitions = self.rated_partitions
         for index in kept:
             if index in rejected_at:
                 continue
             record = items[index][0]
+            key = record.key or b""
+            partition = record.partition if partitions is None else partition_of(key, partitions)
             try:
                 outputs.append(
                     OutputRecord(
@@ -209,7 +217,7 @@ class RatingProcessor:
                         # The mediated bytes are the rated record's first fields: append, don't re-encode.
                         encode_rated_after(record.value or b"", next(rated_iter)),
                         record.key,
-                        record.partition,
+                        partition,
                         [(LINEAGE_HEADER, lineage_value(record.topic, record.partition, record.offset))],
                     )
                 )

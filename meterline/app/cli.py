@@ -117,13 +117,17 @@ def _broker(args: argparse.Namespace) -> int:
     return 0
 
 
+# The long-running workers: each stage alone, or mediation and rating chained.
+WORKERS = ("mediation", "rating", "chained", "consolidation")
+
+
 def dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "run":
         return _run(args)
     if command == "demo":
         return _demo(args)
-    if command in ("mediation", "rating", "consolidation"):
+    if command in WORKERS:
         from meterline.app.workers import run_worker
 
         run_worker(command, _settings(args))
@@ -167,7 +171,7 @@ def dispatch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command not in ("mediation", "rating", "consolidation"):
+        if args.command not in WORKERS:
             # Commands that print results keep stdout for them; logs go to stderr, warnings only.
             configure_logging("warning")
         return dispatch(args)

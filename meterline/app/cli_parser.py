@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage, text in (
         ("mediation", "normalize, validate, deduplicate and enrich raw events"),
         ("rating", "price mediated events incrementally"),
+        ("chained", "mediation and rating in one process, on a raw topic keyed by account"),
         ("consolidation", "write rated usage and invoice drafts to DuckDB and Parquet"),
     ):
         worker = sub.add_parser(

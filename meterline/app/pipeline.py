@@ -1,7 +1,7 @@
 """`meterline run`: the whole pipeline on the embedded broker, in batch mode.
 
-Publishes the catalog and the inputs, runs each stage in its own process until
-every input record has reached its end (stored, duplicate or rejected), then
+Publishes the catalog and the inputs, runs the workers (mediation and rating chained
+in one process, consolidation in another) until every input record has reached its end (stored, duplicate or rejected), then
 closes the periods (with --close-all), checks the reconciliation and prints the
 summary.
 """
@@ -32,7 +32,7 @@ from consolidation.store import BillingStore
 from invoice_site.run_outputs import write_invoice_documents, write_site
 from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
 from meterline.app.rejected_file import write_rejected
-from meterline.app.workers import STAGES
+from meterline.app.workers import CHAINED_STAGES
 from meterline.kernel.catalog import Catalog
 from meterline.kernel.catalog_file import load_catalog
 from meterline.kernel.command_errors import UserError
@@ -237,6 +237,7 @@ def run_pipeline(
     overwrite: bool = False,
     cdr_timezone: str | None = None,
     documents: bool = False,
+    stages: Sequence[str] = CHAINED_STAGES,
 ) -> RunResult:
     """Run the whole pipeline on a private embedded broker; outputs go to `out_dir`.
 
@@ -244,14 +245,15 @@ def run_pipeline(
     `overwrite`, which removes those outputs first. Each rejection is listed with its
     input file and line in `out_dir/rejected.jsonl`. `cdr_timezone` is the zone of the
     times of Asterisk CSV inputs. `documents`: also print the final invoices' PDFs and
-    e-invoices (the demo does; `meterline site` does it for any output).
+    e-invoices (the demo does; `meterline site` does it for any output). `stages`: the
+    workers, mediation and rating chained in one process unless told otherwise.
     """
     catalog = load_catalog(catalog_path)  # a bad catalog fails here, before anything starts
     out = Path(out_dir).resolve()
     prepare_out(out, overwrite)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="meterline-run-") as private:
         # The run owns its raw topic and keys it by account as it publishes, so mediation
-        # deduplicates without the repartition hop.
+        # deduplicates without the repartition hop, and rating runs chained after it.
         raw = settings.raw_topics[0]
         s = replace(
             settings.with_overrides(bootstrap_servers=broker.bootstrap_servers, instance_id="run"),
@@ -265,7 +267,7 @@ def run_pipeline(
         workers = Workers(s, out, str(worker_config))
         lines = SourceLines(s.partitions)
         try:
-            for stage in STAGES:
+            for stage in stages:
                 workers.start(stage)
             published = produce_inputs(
                 s, list(inputs), key_by_account=True, cdr_timezone=cdr_timezone, lines=lines

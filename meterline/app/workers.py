@@ -20,9 +20,12 @@ from confluent_kafka.admin import AdminClient
 from consolidation.stage import Consolidator
 from consolidation.store import BillingStore
 from mediation.stage import MediationProcessor
+from meterline.app.chained import STAGE as CHAINED
+from meterline.app.chained import ChainedProcessor, ChainError
 from meterline.app.publish import create_topics
 from meterline.kernel.config import Settings
 from meterline.kernel.dlq import max_bytes_of
+from meterline.kernel.messages import Processor
 from meterline.runtime.health import HEALTH
 from meterline.runtime.heap import settle_heap
 from meterline.runtime.kafka_config import client_config
@@ -35,6 +38,8 @@ from rating.stage import RatingProcessor
 from schemas.registry_client import RegistryError, use_registry
 
 STAGES = ("mediation", "rating", "consolidation")
+# The same pipeline with mediation and rating in one process (meterline.app.chained).
+CHAINED_STAGES = (CHAINED, "consolidation")
 
 
 def _tables(settings: Settings, stage: str) -> tuple[ContractsTable, PeriodsTable]:
@@ -105,35 +110,49 @@ def _run(stage: str, settings: Settings) -> None:
             store.close()
             log_peak_memory(stage)
         return
-    topics = settings.topics
-    if stage == "mediation":
-        admin = AdminClient(client_config(settings.bootstrap_servers, settings.kafka))
-        repartition = topics.repartition
-        partitions = len(admin.list_topics(repartition, timeout=10).topics[repartition].partitions)
-        processor: MediationProcessor | RatingProcessor = MediationProcessor(
-            settings, contracts, periods, partitions
-        )
-        entry_topics = [topics.name(t.name) for t in settings.raw_topics]
-        inputs = list(entry_topics)
-        if any(not t.keyed_by_account for t in settings.raw_topics):
-            inputs.append(repartition)
-        runner = StageRunner(
-            processor, settings, inputs, after_restore=settle_heap, entry_topics=entry_topics
-        )
-    else:
-        rating = RatingProcessor(
-            contracts,
-            periods,
-            max_dlq_bytes=max_bytes_of(settings.kafka),
-            rated_topic=topics.rated,
-            dlq_topic=topics.rejected,
-        )
-        runner = StageRunner(rating, settings, [topics.mediated], after_restore=settle_heap)
+    runner = _stage_runner(stage, settings, contracts, periods)
     runner.install_signal_handlers()
     try:
         runner.run()
     finally:
         log_peak_memory(stage)
+
+
+def _stage_runner(
+    stage: str, settings: Settings, contracts: ContractsTable, periods: PeriodsTable
+) -> StageRunner:
+    """The runtime loop of a Kafka stage: mediation, rating, or both chained in one process."""
+    topics = settings.topics
+    admin = AdminClient(client_config(settings.bootstrap_servers, settings.kafka))
+
+    def partitions(topic: str) -> int:
+        return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+
+    entry_topics = [topics.name(t.name) for t in settings.raw_topics]
+    mediation = MediationProcessor(settings, contracts, periods, partitions(topics.repartition))
+    rating = RatingProcessor(
+        contracts,
+        periods,
+        max_dlq_bytes=max_bytes_of(settings.kafka),
+        rated_topic=topics.rated,
+        dlq_topic=topics.rejected,
+        rated_partitions=partitions(topics.rated) if stage == CHAINED else None,
+    )
+    processor: Processor
+    if stage == CHAINED:
+        try:
+            processor = ChainedProcessor(mediation, rating, contracts, periods, settings.publish_mediated)
+        except ChainError as exc:
+            _fatal(stage, str(exc))
+        inputs = entry_topics
+    elif stage == "mediation":
+        processor = mediation
+        inputs = list(entry_topics)
+        if any(not t.keyed_by_account for t in settings.raw_topics):
+            inputs.append(topics.repartition)
+    else:
+        processor, inputs, entry_topics = rating, [topics.mediated], []
+    return StageRunner(processor, settings, inputs, after_restore=settle_heap, entry_topics=entry_topics)
 
 
 def log_peak_memory(stage: str) -> None:

@@ -76,6 +76,9 @@ class Settings:
     # The customer invoice site: a consolidation worker regenerates the pages of accounts
     # whose drafts changed, at most every preview_interval_s ("" = no site).
     site_dir: str = ""
+    # The chained worker (`meterline chained`: mediation and rating in one process) writes
+    # no mediated topic unless this asks for it, for consumers downstream of mediation.
+    publish_mediated: bool = False
 
     def __post_init__(self) -> None:
         try:

@@ -90,4 +90,6 @@ def pipeline_topics(raw_topics: list[str], partitions: int) -> dict[str, tuple[i
     for source in [*raw_topics, REPARTITION]:
         topics[changelog_topic(source, "mediation")] = (partitions, COMPACTED)
     topics[changelog_topic(MEDIATED, "rating")] = (partitions, COMPACTED)
+    for source in raw_topics:  # mediation and rating chained in one worker
+        topics[changelog_topic(source, "chained")] = (partitions, COMPACTED)
     return topics

@@ -95,6 +95,7 @@ class StatsReader:
             "raw": Counter(),
             "keyed": Counter(),
             "rating": Counter(),
+            "chained": Counter(),
             "consolidation": Counter(),
         }
         for record in self._latest.values():
@@ -115,16 +116,19 @@ class StatsReader:
             return sum(c[o] for o in outcomes) + sum(v for k, v in c.items() if k.startswith("rejected."))
 
         raw, keyed, rating, cons = by["raw"], by["keyed"], by["rating"], by["consolidation"]
+        # A chained worker settles each raw record's every outcome (mediation's and rating's)
+        # in the transaction that moves its offset: all it counted in, it is done with.
+        chained = by["chained"]
         return Totals(
-            events_in=raw["events_in"],
-            raw_outcomes=consumed(raw, "forwarded", "mediated", "duplicates"),
+            events_in=raw["events_in"] + chained["events_in"],
+            raw_outcomes=consumed(raw, "forwarded", "mediated", "duplicates") + chained["events_in"],
             forwarded=raw["forwarded"],
             keyed_consumed=consumed(keyed, "duplicates", "mediated"),
             # A raw topic keyed by account is deduplicated in place: its outcomes count too.
-            mediated=keyed["mediated"] + raw["mediated"],
-            duplicates=keyed["duplicates"] + raw["duplicates"],
-            rated=rating["rated"],
-            rating_consumed=consumed(rating, "rated"),
+            mediated=keyed["mediated"] + raw["mediated"] + chained["mediated"],
+            duplicates=keyed["duplicates"] + raw["duplicates"] + chained["duplicates"],
+            rated=rating["rated"] + chained["rated"],
+            rating_consumed=consumed(rating, "rated") + chained["mediated"],
             stored=cons["stored"],
             consolidation_consumed=consumed(cons, "stored"),
             rejected=dict(rejected),
