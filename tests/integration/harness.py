@@ -15,7 +15,7 @@ from consolidation.lake import connect as connect_store
 from generator import write_month
 from meterline.app.pipeline import Workers
 from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog
-from meterline.kernel.config import Settings
+from meterline.kernel.config import RawTopic, Settings, settings_to_toml
 from meterline.runtime.broker import EmbeddedBroker
 from meterline.runtime.progress import StatsReader, Totals, drained
 
@@ -27,17 +27,31 @@ def write_dataset(folder: Path, accounts: int, events: int, seed: int) -> tuple[
 
 class LivePipeline:
     def __init__(
-        self, broker: EmbeddedBroker, out: Path, partitions: int = 4, topic_prefix: str = ""
+        self,
+        broker: EmbeddedBroker,
+        out: Path,
+        partitions: int = 4,
+        topic_prefix: str = "",
+        keyed_by_account: bool = False,
     ) -> None:
+        """`keyed_by_account`: the raw topic is published keyed by account, as `meterline run`
+        does, which the chained worker needs."""
         self.settings = Settings(
             bootstrap_servers=broker.bootstrap_servers,
             partitions=partitions,
             instance_id="crash-test",
             topic_prefix=topic_prefix,
+            raw_topics=(RawTopic("meterline.raw", keyed_by_account=keyed_by_account),),
         )
         self.out = out
         create_topics(self.settings)
-        self.workers = Workers(self.settings, out, None)
+        config = None
+        if keyed_by_account:  # the workers learn it from a config file
+            out.mkdir(parents=True, exist_ok=True)
+            config = out.parent / f"{out.name}-meterline.toml"
+            config.write_text(settings_to_toml(self.settings))
+        self.workers = Workers(self.settings, out, str(config) if config else None)
+        self.keyed = keyed_by_account
         topics = self.settings.topics
         self.reader = StatsReader(
             self.settings.bootstrap_servers, {}, topics.stats, topics.group("meterline-progress")
@@ -46,15 +60,19 @@ class LivePipeline:
 
     def publish(self, catalog: Path, events: Path) -> int:
         publish_catalog(self.settings, catalog)
-        self.published += produce_inputs(self.settings, [InputFile(events, "json")])
+        self.published += produce_inputs(
+            self.settings, [InputFile(events, "json")], key_by_account=self.keyed
+        )
         return self.published
 
     def start(self, *stages: str) -> None:
         for stage in stages:
             self.workers.start(stage)
 
-    def kill(self, stage: str) -> None:
-        process = self.workers.processes[stage]
+    def kill(self, stage: str, restart_later: bool = True) -> None:
+        """SIGKILL a stage's worker; without `restart_later` it is gone for good (not watched)."""
+        process = self.workers.processes[stage] if restart_later else self.workers.processes.pop(stage)
+        assert process.poll() is None, f"{stage} had already exited with {process.returncode}"
         process.send_signal(signal.SIGKILL)
         process.wait(10)
 
