@@ -71,7 +71,9 @@ def consumer_config(
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 50,
+            # Tansu holds a waiting fetch this long even when records arrive: it adds to latency
+            # at low load, and 20 ms cost no throughput (bench/bench_client_settings.py).
+            "fetch.wait.max.ms": 20,
             "queued.min.messages": 200000,
             **FAST_GROUP_JOIN,
             **ours,
@@ -88,6 +90,9 @@ def transactional_producer_config(
         **{
             "transactional.id": transactional_id,
             "enable.idempotence": True,
+            # No compression: measured on the embedded broker (bench/bench_client_settings.py),
+            # lz4 halves the broker's CPU per record but the clients spend as much more, and
+            # on a small machine the stages are the clients.
             "linger.ms": 5,
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 1_000_000,
