@@ -107,6 +107,10 @@ class MediationProcessor:
         }
         self.max_dlq_bytes = max_bytes_of(settings.kafka)
         self.state = DedupState()
+        # With keep_events, the events emitted to the mediated topic by the last batch with the
+        # records they came from, in order (a chained rating takes them as they are, no decode).
+        self.keep_events = False
+        self.mediated_events: list[tuple[InputRecord, UsageEvent]] = []
         self.seen = self.state.seen  # the held keys, by partition
 
     # -- state -----------------------------------------------------------------
@@ -139,6 +143,7 @@ class MediationProcessor:
         """Transform a batch. No record stops it: one that fails unexpectedly goes to the
         DLQ as internal_error, leaving no trace in the state, and the rest goes on."""
         result = BatchResult()
+        self.mediated_events = []
         now = datetime.now(UTC)
         keyed: dict[TP, list[_Keyed]] = {}
         for record in records:
@@ -323,6 +328,8 @@ class MediationProcessor:
         if result.newest_event_time is None or enriched.event_time > result.newest_event_time:
             result.newest_event_time = enriched.event_time
         result.outputs.append(output)
+        if self.keep_events:
+            self.mediated_events.append((record, enriched))
         return enriched.period
 
     def _reject(

@@ -119,16 +119,24 @@ class RatingProcessor:
         return sum(len(s.aggregates) for s in self.state.values())
 
     def process(self, records: Sequence[InputRecord]) -> BatchResult:
+        return self._process(records, None)
+
+    def process_mediated(self, records: Sequence[InputRecord], events: Sequence[UsageEvent]) -> BatchResult:
+        """Rate mediated records whose events are at hand (chained after mediation, which
+        just encoded them): the same as `process`, without decoding the records again."""
+        return self._process(records, events)
+
+    def _process(self, records: Sequence[InputRecord], events: Sequence[UsageEvent] | None) -> BatchResult:
         result = BatchResult()
         catalog = self.contracts.catalog
         by_partition: dict[TP, list[tuple[InputRecord, UsageEvent]]] = {}
-        for record in records:
+        for index, record in enumerate(records):
             tp = (record.topic, record.partition)
             counts = result.counts.get(tp)
             if counts is None:
                 counts = result.counts[tp] = Counter()
             try:
-                event = self._admit(record)
+                event = self._admit(record, None if events is None else events[index])
             except Rejected as rejection:
                 self._reject(rejection, record, counts, result)
                 continue
@@ -146,12 +154,13 @@ class RatingProcessor:
                 keys.clear()
         return result
 
-    def _admit(self, record: InputRecord) -> UsageEvent:
-        """The mediated event of a record, if its period is still open."""
-        try:
-            event = decode_usage(record.value or b"")
-        except SchemaError as exc:
-            raise Rejected(MALFORMED, str(exc)) from None
+    def _admit(self, record: InputRecord, event: UsageEvent | None) -> UsageEvent:
+        """The mediated event of a record (decoded unless given), if its period is still open."""
+        if event is None:
+            try:
+                event = decode_usage(record.value or b"")
+            except SchemaError as exc:
+                raise Rejected(MALFORMED, str(exc)) from None
         if self.periods.is_closed(event.account_id, event.period):
             raise Rejected(PERIOD_CLOSED, f"period {event.period} is final")
         return event

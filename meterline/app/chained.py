@@ -13,9 +13,9 @@ Both stages keep their state per raw partition, in one changelog per raw topic (
 topic only: an account's running aggregates must live in one partition's state, which
 two raw topics would split.
 
-Rating sees each mediated record at the raw record's position, so its lineage header
-names the raw record, and a rated record goes to its account's partition as it would
-from the separate stages.
+Rating takes each mediated event as mediation built it (no decode) at the raw record's
+position, so its lineage header names the raw record, and a rated record goes to its
+account's partition as it would from the separate stages.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from collections.abc import Iterator, Sequence
 from typing import Final
 
 from mediation.stage import MediationProcessor
-from meterline.kernel.lineage import LINEAGE_HEADER, parse_lineage
+from meterline.kernel.headers import RAW_HEADER
 from meterline.kernel.messages import TP, BatchResult, InputRecord, OutputRecord
+from meterline.kernel.records import UsageEvent
 from meterline.kernel.views import CatalogView, PeriodsView
 from rating.stage import RatingProcessor
 
@@ -62,6 +63,7 @@ class ChainedProcessor:
         self.periods = periods
         self.publish_mediated = publish_mediated
         self.mediated_topic = mediation.mediated_topic
+        mediation.keep_events = True  # rating takes the events as mediation built them
 
     # -- state: both stages' entries in one changelog, told apart by a key prefix ------------
 
@@ -93,14 +95,24 @@ class ChainedProcessor:
         mediated = self.mediation.process(records)
         outputs: list[OutputRecord] = []
         handed: list[InputRecord] = []
+        events: list[UsageEvent] = []
+        emitted = iter(self.mediation.mediated_events)
         for out in mediated.outputs:
             if out.topic != self.mediated_topic:
                 outputs.append(out)  # DLQ records
                 continue
             if self.publish_mediated:
                 outputs.append(out)
-            handed.append(_at_raw_position(out))
-        rated = self.rating.process(handed)
+            raw, event = next(emitted)
+            # At the raw record's position, so rating's state, counts and lineage are the raw
+            # partition's; its original bytes for a DLQ copy, should rating reject it.
+            handed.append(
+                InputRecord(
+                    raw.topic, raw.partition, raw.offset, out.key, out.value, {RAW_HEADER: raw.value or b""}
+                )
+            )
+            events.append(event)
+        rated = self.rating.process_mediated(handed, events)
         outputs.extend(rated.outputs)
         counts: dict[TP, Counter[str]] = mediated.counts
         for tp, rating_counts in rated.counts.items():
@@ -110,12 +122,3 @@ class ChainedProcessor:
             for tp, entries in result.changelog.items():
                 changelog.setdefault(tp, []).extend((prefix + key, value) for key, value in entries)
         return BatchResult(outputs, changelog, counts, mediated.newest_event_time, rated.amounts)
-
-
-def _at_raw_position(out: OutputRecord) -> InputRecord:
-    """A mediated record as rating reads it: at the raw record's topic, partition and offset
-    (its lineage), so rating's state and counts are the raw partition's."""
-    headers = dict(out.headers or [])
-    source, offset = parse_lineage(headers[LINEAGE_HEADER])
-    topic, _, partition = source.rpartition("\x1f")
-    return InputRecord(topic, int(partition), offset, out.key, out.value, headers)

@@ -1,9 +1,9 @@
 """`meterline run`: the whole pipeline on the embedded broker, in batch mode.
 
 Publishes the catalog and the inputs, runs the workers (mediation and rating chained
-in one process, consolidation in another) until every input record has reached its end (stored, duplicate or rejected), then
-closes the periods (with --close-all), checks the reconciliation and prints the
-summary.
+in one process, consolidation in another) until every input record has reached its
+end (stored, duplicate or rejected), then closes the periods (with --close-all),
+checks the reconciliation and prints the summary.
 """
 
 from __future__ import annotations
