@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml setup.py
 
 # The per-event hot path compiled to C with mypyc (see setup.py), in place next to the
 # sources; rebuilt whenever a source changes. METERLINE_PURE_PYTHON=1 skips it.
-$(NATIVE): $(STAMP) setup.py $(wildcard meterline/*.py meterline/*/*.py mediation/*.py rating/*.py schemas/*.py)
+$(NATIVE): $(STAMP) setup.py $(wildcard meterline/*.py meterline/*/*.py mediation/*.py rating/*.py consolidation/*.py schemas/*.py)
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(NATIVE)
 

@@ -17,8 +17,8 @@ import os
 from setuptools import setup
 
 # Modules on the per-event path of a stage, the runtime's consume-produce loop included.
-# The rest (CLI, configuration, orchestration, the DuckDB/Parquet sink, whose cost is in
-# Arrow and DuckDB) gains nothing measurable and stays interpreted.
+# The rest (CLI, configuration, orchestration, the store writes of the sink, whose cost is
+# in Arrow and DuckDB) gains nothing measurable and stays interpreted.
 COMPILED = [
     "schemas/binary.py",
     "schemas/codec.py",
@@ -30,6 +30,7 @@ COMPILED = [
     "meterline/kernel/records.py",
     "meterline/runtime/restore.py",  # the changelog restore loop, split out of the runtime
     "meterline/runtime/stage_runner.py",
+    "consolidation/batch.py",  # the sink's per-record checks, totals and rows
     "mediation/dedup.py",
     "mediation/dedup_state.py",  # the dedup state's changelog, split out of the stage
     "mediation/enrich.py",

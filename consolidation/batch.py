@@ -74,8 +74,15 @@ class Batch:
 
 def fits(text: str) -> bool:
     """Whether decimal text fits DECIMAL(38,18) exactly (Arrow's cast would raise otherwise)."""
-    # Fast path, most values: at most 20 characters of digits and one point.
-    if len(text) <= 20 and text.isascii() and text.replace(".", "", 1).isdigit():
+    # Fast path, most values: ASCII digits, at most 20 before a point and 18 after it.
+    whole, point, fraction = text.removeprefix("-").partition(".")
+    if (
+        text.isascii()
+        and whole.isdigit()
+        and len(whole) <= 20
+        and len(fraction) <= 18
+        and (not fraction or fraction.isdigit())
+    ):
         return True
     # Decimal also reads Unicode digits, underscores and spaces around; Arrow does not.
     if _NUMBER.fullmatch(text) is None:

@@ -146,7 +146,7 @@ class Consolidator:
                 HEALTH.beat()
                 if self.contracts.poll() | self.periods.poll():
                     self._closes_due = True  # a new close, or a catalog that may finish an earlier one
-                messages = self._consumer.consume(s.batch_size, s.batch_timeout_s)
+                messages = self._consumer.consume(s.store_batch_size, s.batch_timeout_s)
                 if self._fatal is not None:
                     raise self._fatal
                 if messages:

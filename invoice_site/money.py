@@ -35,6 +35,26 @@ def _pattern(locale: str, low: int, high: int) -> NumberPattern:
     return pattern
 
 
+# Memoised: quantities, prices and days recur across a site's pages. The text depends on
+# the value only (never on its trailing zeros: the callers fix the digits shown), and on the
+# sign of a zero, which equal keys would not tell apart.
+@lru_cache(maxsize=1 << 16)
+def _currency(amount: Decimal, signed: bool, locale: str, currency: str, low: int, high: int) -> str:
+    pattern = _pattern(locale, low, high)
+    return str(pattern.apply(amount, _locale(locale), currency=currency, currency_digits=False))
+
+
+@lru_cache(maxsize=1 << 16)
+def _number(value: Decimal | int, locale: str) -> str:  # zero is normalized unsigned first
+    return str(format_decimal(value, locale=_locale(locale), decimal_quantization=False))
+
+
+@lru_cache(maxsize=4096)
+def _day(value: date, locale: str) -> str:
+    """A date as the locale writes it (the days of a month recur on every account's pages)."""
+    return str(format_date(value, format="medium", locale=_locale(locale)))
+
+
 def _places(value: Decimal) -> int:
     """Significant decimal places of a finite value (trailing zeros do not count)."""
     exponent = value.normalize().as_tuple().exponent
@@ -47,6 +67,8 @@ class Formatter:
 
     def __init__(self, locale: str, currency: str) -> None:
         self.locale = locale
+        # Babel parses a locale given by name on every call: a site formats ~10^5 values.
+        self._babel = _locale(locale)
         self.currency = currency
         self.digits = minor_units(currency)
 
@@ -60,17 +82,16 @@ class Formatter:
         return self._currency(amount, self.digits, max(self.digits, _places(amount)))
 
     def _currency(self, amount: Decimal, low: int, high: int) -> str:
-        pattern = _pattern(self.locale, low, high)
-        return str(pattern.apply(amount, _locale(self.locale), currency=self.currency, currency_digits=False))
+        return _currency(amount, amount.is_signed(), self.locale, self.currency, low, high)
 
     def number(self, value: Decimal | int) -> str:
         if isinstance(value, Decimal):
             value = value.normalize() if value else Decimal(0)
-        return str(format_decimal(value, locale=self.locale, decimal_quantization=False))
+        return _number(value, self.locale)
 
     def day(self, value: date) -> str:
-        return str(format_date(value, format="medium", locale=self.locale))
+        return _day(value, self.locale)
 
     def instant(self, value: datetime, zone: str) -> str:
-        text = format_datetime(value, format="medium", tzinfo=ZoneInfo(zone), locale=self.locale)
+        text = format_datetime(value, format="medium", tzinfo=ZoneInfo(zone), locale=self._babel)
         return f"{text} ({zone})"

@@ -69,6 +69,10 @@ class Settings:
     # consolidation workers on several hosts share it. DuckDB repeats the spec in its
     # connection errors, so a password belongs in PGPASSWORD or a pgpass file instead.
     store_catalog: str = ""
+    # Records a consolidation worker takes into one store transaction at most. Each commit
+    # costs a fixed ~0.2 s of catalog and file work (bench/RESULTS.md), which a batch this
+    # size spreads thin; under light load batches stay small (batch_timeout_s).
+    store_batch_size: int = 50000
     # How often a consolidation worker compacts the store's small data files.
     store_maintenance_interval_s: float = 300.0
     # Snapshots (draft history read with `query --at`) are kept this long, then expire.

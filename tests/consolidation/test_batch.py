@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from decimal import Decimal
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consolidation.batch import TotalKey, build_batch, build_writable_batch, fits
 from meterline.kernel.messages import InputRecord
@@ -60,6 +62,18 @@ def _batch(rows: list[list[Any]], stored: Any = _none_stored, final: Collection[
 )
 def test_fits_decimal_38_18(text: str, fit: bool) -> None:
     assert fits(text) is fit
+
+
+@given(st.from_regex(r"-?[0-9]{0,23}(\.[0-9]{0,21})?", fullmatch=True))
+def test_the_fast_path_agrees_with_the_decimal_rule(text: str) -> None:
+    """Plain decimal text fits when the value is under 10^20 and nothing past 18 places is lost."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        assert not fits(text)
+        return
+    lost = value.quantize(Decimal(1).scaleb(-18), context=Context(prec=100)) != value
+    assert fits(text) is (value.copy_abs() < Decimal(10) ** 20 and not lost)
 
 
 def test_aggregate_past_decimal_38_18_is_rejected_and_the_rest_stored() -> None:
