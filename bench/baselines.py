@@ -2,11 +2,13 @@
 
 - raw produce: records/s a batched producer pushes into the embedded broker;
 - raw consume: records/s a consumer reads back (no processing);
+- raw pipe: both as one rate, N / (N / produce rate + N / consume rate);
 - plain loop: a hand-written batched consume -> JSON parse -> produce loop,
   at-least-once, no state, no transactions: the ceiling a Python stage can hope for.
 
-The stage benchmarks call `plain_loop_alone` between their own runs, so a stage's
-rate can be read as a ratio to the loop measured on the same machine at the same time.
+The stage benchmarks call `plain_loop_alone` and `raw_pipe_alone` between their own runs, so a
+stage's rate can be read as a ratio to the loop or the pipe measured on the same machine at the
+same time.
 """
 
 from __future__ import annotations
@@ -139,3 +141,16 @@ def plain_loop_alone(events: Path, partitions: int) -> float:
     records = list(read_records(InputFile(events, "json")))
     with EmbeddedBroker() as broker:
         return plain_loop_rate(broker.bootstrap_servers, records, partitions)
+
+
+def raw_pipe_alone(events: Path, partitions: int) -> float:
+    """The raw pipe's rate over the raw records of a JSON-lines file, on a broker of its own.
+
+    The records produced to and consumed from a fresh topic with no processing (`raw_rates`),
+    as one rate: N / (N / produce rate + N / consume rate), the time to push them through
+    the broker and read them back. A fresh broker per call, as `plain_loop_alone`.
+    """
+    records = list(read_records(InputFile(events, "json")))
+    with EmbeddedBroker() as broker:
+        produce, consume = raw_rates(broker.bootstrap_servers, records, partitions)
+    return 1 / (1 / produce + 1 / consume)
