@@ -23,8 +23,8 @@ from pathlib import Path
 
 from meterline.app.pipeline import Workers
 from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
-from meterline.app.workers import STAGES
-from meterline.kernel.config import Settings
+from meterline.app.workers import CHAINED_STAGES, STAGES
+from meterline.kernel.config import RawTopic, Settings, settings_to_toml
 from meterline.runtime.broker import EmbeddedBroker
 from meterline.runtime.progress import StatsReader, Totals, drained
 
@@ -54,8 +54,10 @@ class InstanceWorkers(Workers):
     """The stage processes of one instance id. The first instance logs to
     `<out>/logs/<stage>.log`, the others to `<stage>-<instance>.log`."""
 
-    def __init__(self, settings: Settings, out_dir: Path, instance: str, first: bool) -> None:
-        super().__init__(settings, out_dir, None)
+    def __init__(
+        self, settings: Settings, out_dir: Path, instance: str, first: bool, config: str | None = None
+    ) -> None:
+        super().__init__(settings, out_dir, config)
         self.log_name = "{stage}.log" if first else "{stage}-" + instance + ".log"
 
     def start(self, stage: str) -> subprocess.Popen[bytes]:
@@ -89,7 +91,7 @@ class Kill:
 
 def progress_of(stage: str, totals: Totals) -> int:
     """Records a stage has consumed, by the progress it published."""
-    if stage == "mediation":
+    if stage in ("mediation", "chained"):
         return totals.events_in
     if stage == "rating":
         return totals.rating_consumed
@@ -130,11 +132,25 @@ class Feeder:
 
 
 class FaultPipeline:
-    def __init__(self, broker: EmbeddedBroker, out: Path, partitions: int = 4) -> None:
+    """Worker processes of the pipeline; `chained`: mediation and rating in one worker, on a
+    raw topic keyed by account (as `meterline run` runs them), else every stage apart."""
+
+    def __init__(self, broker: EmbeddedBroker, out: Path, partitions: int = 4, chained: bool = False) -> None:
         self.settings = Settings(
-            bootstrap_servers=broker.bootstrap_servers, partitions=partitions, instance_id="fault-a"
+            bootstrap_servers=broker.bootstrap_servers,
+            partitions=partitions,
+            instance_id="fault-a",
+            raw_topics=(RawTopic("meterline.raw", keyed_by_account=chained),),
         )
         self.out = out
+        self.chained = chained
+        self.stages = CHAINED_STAGES if chained else STAGES
+        self.config: str | None = None
+        if chained:  # the workers learn that the raw topic is keyed from a config file
+            out.mkdir(parents=True, exist_ok=True)
+            config = out.parent / f"{out.name}-meterline.toml"
+            config.write_text(settings_to_toml(self.settings))
+            self.config = str(config)
         create_topics(self.settings)
         self.reader = StatsReader(self.settings.bootstrap_servers, {})
         self.instances: dict[str, InstanceWorkers] = {}
@@ -152,7 +168,7 @@ class FaultPipeline:
         publish_catalog(self.settings, catalog)
 
     def publish(self, inputs: Sequence[InputFile]) -> int:
-        self.published += produce_inputs(self.settings, list(inputs))
+        self.published += produce_inputs(self.settings, list(inputs), key_by_account=self.chained)
         return self.published
 
     def feed(self, files: Sequence[InputFile], folder: Path, pieces: int = 50) -> None:
@@ -165,11 +181,12 @@ class FaultPipeline:
     def workers(self, instance: str) -> InstanceWorkers:
         if instance not in self.instances:
             settings = replace(self.settings, instance_id=f"fault-{instance}")
-            self.instances[instance] = InstanceWorkers(settings, self.out, instance, not self.instances)
+            first = not self.instances
+            self.instances[instance] = InstanceWorkers(settings, self.out, instance, first, self.config)
         return self.instances[instance]
 
     def start(self, *stages: str, instance: str = "a") -> None:
-        for stage in stages or STAGES:
+        for stage in stages or self.stages:
             self.workers(instance).start(stage)
             self.alive.add((stage, instance))
 

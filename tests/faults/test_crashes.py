@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from meterline.app.workers import STAGES
 from meterline.runtime.progress import Totals
 from tests.faults.compare import compare_outputs, fail, reconciliation_problems
 from tests.faults.conftest import Stream
@@ -40,6 +39,7 @@ def stage_totals(stream: Stream) -> dict[str, int]:
     """How many records each stage consumes in all (rating and consolidation: about the rated)."""
     return {
         "mediation": stream.events,
+        "chained": stream.events,
         "rating": stream.summary["rated"],
         "consolidation": stream.summary["rated"],
     }
@@ -72,20 +72,24 @@ def record(fault: FaultResult, kills: list[Kill]) -> None:
         )
 
 
+@pytest.mark.parametrize("chained", [False, True], ids=["apart", "chained"])
 def test_sigkill_each_stage_at_random_points(
-    kill_stream: Stream, stallable_broker: StallableBroker, tmp_path: Path, fault: FaultResult
+    kill_stream: Stream, stallable_broker: StallableBroker, tmp_path: Path, fault: FaultResult, chained: bool
 ) -> None:
     """Fault 1: every stage SIGKILLed at 10 random points of its progress and restarted each time;
-    a stage is killed again only after it made progress since its last restart."""
-    fault.fault, fault.seed, fault.runs = "1. SIGKILL each stage", fault_seed(1), 2
+    a stage is killed again only after it made progress since its last restart. Apart, and with
+    mediation and rating chained in one worker."""
+    name = "1. SIGKILL each stage" + (", mediation and rating chained" if chained else "")
+    fault.fault, fault.seed, fault.runs = name, fault_seed(1), 2
     rng = random.Random(fault.seed)
     ends = stage_totals(kill_stream)
+    out = tmp_path / "out"
+    pipeline = FaultPipeline(stallable_broker, out, chained=chained)
     pending = {
-        s: sorted(int(rng.uniform(0.03, 0.9) * ends[s]) for _ in range(KILLS_PER_STAGE)) for s in STAGES
+        s: sorted(int(rng.uniform(0.03, 0.9) * ends[s]) for _ in range(KILLS_PER_STAGE))
+        for s in pipeline.stages
     }
     kills: list[Kill] = []
-    out = tmp_path / "out"
-    pipeline = FaultPipeline(stallable_broker, out)
     try:
         pipeline.publish_catalog(kill_stream.catalog)
         pipeline.start()
@@ -106,23 +110,26 @@ def test_sigkill_each_stage_at_random_points(
 
         pipeline.watch(inject, 3600, f"{KILLS_PER_STAGE} kills of every stage")
         pipeline.wait_recovered(kills)
-        assert len(kills) == KILLS_PER_STAGE * len(STAGES)
+        assert len(kills) == KILLS_PER_STAGE * len(pipeline.stages)
         finish(pipeline, kill_stream, out, fault, "fault 1 (SIGKILL each stage)")
     finally:
         record(fault, kills)
         pipeline.stop()
 
 
+@pytest.mark.parametrize("chained", [False, True], ids=["apart", "chained"])
 def test_rebalance_second_process_joins_then_one_is_killed(
-    base_stream: Stream, stallable_broker: StallableBroker, tmp_path: Path, fault: FaultResult
+    base_stream: Stream, stallable_broker: StallableBroker, tmp_path: Path, fault: FaultResult, chained: bool
 ) -> None:
     """Fault 2: a second process of every stage joins at 20% (rebalance), then at 50% one
-    process of every stage, chosen by the seed, is SIGKILLed and not restarted."""
-    fault.fault, fault.seed, fault.runs = "2. rebalances", fault_seed(2), 2
+    process of every stage, chosen by the seed, is SIGKILLed and not restarted. Apart, and
+    with mediation and rating chained in one worker."""
+    name = "2. rebalances" + (", mediation and rating chained" if chained else "")
+    fault.fault, fault.seed, fault.runs = name, fault_seed(2), 2
     rng = random.Random(fault.seed)
     rated = base_stream.summary["rated"]
     out = tmp_path / "out"
-    pipeline = FaultPipeline(stallable_broker, out)
+    pipeline = FaultPipeline(stallable_broker, out, chained=chained)
     kills: list[Kill] = []
     try:
         pipeline.publish_catalog(base_stream.catalog)
@@ -137,7 +144,7 @@ def test_rebalance_second_process_joins_then_one_is_killed(
         )
         halfway = pipeline.watch(lambda t: t.consolidation_consumed >= rated * 0.5, 1800, "50% consolidated")
         ends = stage_totals(base_stream)
-        for stage in STAGES:
+        for stage in pipeline.stages:
             running = sorted(i for s, i in pipeline.alive if s == stage)
             if len(running) < 2:
                 fault.notes.append(f"{stage}: not killed, only {running} left")
