@@ -281,7 +281,7 @@ def main() -> None:
             for separate in (False, True):
                 rate, peaks, seconds = end_to_end(folder, catalog, events, total, apart=separate)
                 (apart if separate else e2e).append(rate)
-                rss = {k: max(v, rss.get(k, 0.0)) for k, v in peaks.items()}
+                rss.update({k: max(v, rss.get(k, 0.0)) for k, v in peaks.items()})
                 for process, spent in seconds.items():
                     name = f"{process} ({'stages apart' if separate else 'meterline run'})"
                     cpu.setdefault(name, []).append(spent * 1_000_000 / total)

@@ -75,7 +75,7 @@ class Batch:
 def fits(text: str) -> bool:
     """Whether decimal text fits DECIMAL(38,18) exactly (Arrow's cast would raise otherwise)."""
     # Fast path, most values: ASCII digits, at most 20 before a point and 18 after it.
-    whole, point, fraction = text.removeprefix("-").partition(".")
+    whole, _, fraction = text.removeprefix("-").partition(".")
     if (
         text.isascii()
         and whole.isdigit()

@@ -47,6 +47,7 @@ from meterline.runtime.offsets import past_end
 log = structlog.get_logger()
 
 GROUP: Final = "meterline-consolidation-dlq"
+STORE_INTERVAL_S: Final = 1.0
 
 
 class RejectedFeed:
@@ -83,6 +84,11 @@ class RejectedFeed:
         # Exported once at start too: a killed worker may have stored rows it never exported.
         self._changed = True
         self._exported = 0.0
+        # Fetched, not yet stored: a store transaction costs tens of milliseconds whatever it
+        # holds, and DLQ records trickle in, so they are stored at most every STORE_INTERVAL_S
+        # (or once a batch is waiting). Not stored means not done: a crash re-reads them.
+        self._pending: list[Message] = []
+        self._stored_at = 0.0
 
     def start(self) -> None:
         self.load_markers()
@@ -110,10 +116,15 @@ class RejectedFeed:
         """Store what the consumer has fetched (no waiting); returns the records consumed."""
         if self._markers.poll():
             self._sync_markers()
-        messages = self._consumer.consume(self.settings.batch_size, 0)
+        self._pending.extend(self._consumer.consume(self.settings.batch_size, 0))
         if self._fatal is not None:
             raise self._fatal
-        stored = self.store_messages(messages)
+        stored = 0
+        due = time.monotonic() - self._stored_at >= STORE_INTERVAL_S
+        if self._pending and (due or len(self._pending) >= self.settings.batch_size):
+            messages, self._pending = self._pending, []
+            stored = self.store_messages(messages)
+            self._stored_at = time.monotonic()
         if self._changed and time.monotonic() - self._exported >= self.settings.preview_interval_s:
             self.export()
         return stored
@@ -193,8 +204,10 @@ class RejectedFeed:
         return {tp.partition: tp.offset for tp in partitions}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._next.pop(tp.partition, None)
+        revoked = {tp.partition for tp in partitions}
+        for partition in revoked:
+            self._next.pop(partition, None)
+        self._pending = [m for m in self._pending if m.partition() not in revoked]
 
 
 def letter_of(message: Message) -> DeadLetter:
