@@ -8,7 +8,7 @@ input offset they run through. Later records supersede earlier ones (the highest
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,51 +91,56 @@ class StatsReader:
                 self._latest[key] = record
 
     def totals(self, raw_topics: list[str]) -> Totals:
-        by: dict[str, Counter[str]] = {
-            "raw": Counter(),
-            "keyed": Counter(),
-            "rating": Counter(),
-            "chained": Counter(),
-            "consolidation": Counter(),
-        }
-        for record in self._latest.values():
-            stage, topic = record["stage"], record["topic"]
-            part = (
-                "raw"
-                if stage == "mediation" and topic in raw_topics
-                else ("keyed" if stage == "mediation" else stage)
-            )
-            by.setdefault(part, Counter()).update(record["counts"])
-        rejected: Counter[str] = Counter()
-        for counts in by.values():
-            for name, value in counts.items():
-                if name.startswith("rejected."):
-                    rejected[name.removeprefix("rejected.")] += value
-
-        def consumed(c: Counter[str], *outcomes: str) -> int:
-            return sum(c[o] for o in outcomes) + sum(v for k, v in c.items() if k.startswith("rejected."))
-
-        raw, keyed, rating, cons = by["raw"], by["keyed"], by["rating"], by["consolidation"]
-        # A chained worker settles each raw record's every outcome (mediation's and rating's)
-        # in the transaction that moves its offset: all it counted in, it is done with.
-        chained = by["chained"]
-        return Totals(
-            events_in=raw["events_in"] + chained["events_in"],
-            raw_outcomes=consumed(raw, "forwarded", "mediated", "duplicates") + chained["events_in"],
-            forwarded=raw["forwarded"],
-            keyed_consumed=consumed(keyed, "duplicates", "mediated"),
-            # A raw topic keyed by account is deduplicated in place: its outcomes count too.
-            mediated=keyed["mediated"] + raw["mediated"] + chained["mediated"],
-            duplicates=keyed["duplicates"] + raw["duplicates"] + chained["duplicates"],
-            rated=rating["rated"] + chained["rated"],
-            rating_consumed=consumed(rating, "rated") + chained["mediated"],
-            stored=cons["stored"],
-            consolidation_consumed=consumed(cons, "stored"),
-            rejected=dict(rejected),
-        )
+        return totals_of(self._latest.values(), raw_topics)
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def totals_of(records: Iterable[Mapping[str, Any]], raw_topics: Collection[str]) -> Totals:
+    """Where the pipeline stands, from the latest progress record of every stage and partition."""
+    by: dict[str, Counter[str]] = {
+        "raw": Counter(),
+        "keyed": Counter(),
+        "rating": Counter(),
+        "chained": Counter(),
+        "consolidation": Counter(),
+    }
+    for record in records:
+        stage, topic = record["stage"], record["topic"]
+        part = (
+            "raw"
+            if stage == "mediation" and topic in raw_topics
+            else ("keyed" if stage == "mediation" else stage)
+        )
+        by.setdefault(part, Counter()).update(record["counts"])
+    rejected: Counter[str] = Counter()
+    for counts in by.values():
+        for name, value in counts.items():
+            if name.startswith("rejected."):
+                rejected[name.removeprefix("rejected.")] += value
+
+    def consumed(c: Counter[str], *outcomes: str) -> int:
+        return sum(c[o] for o in outcomes) + sum(v for k, v in c.items() if k.startswith("rejected."))
+
+    raw, keyed, rating, cons = by["raw"], by["keyed"], by["rating"], by["consolidation"]
+    # A chained worker settles each raw record's every outcome (mediation's and rating's)
+    # in the transaction that moves its offset: all it counted in, it is done with.
+    chained = by["chained"]
+    return Totals(
+        events_in=raw["events_in"] + chained["events_in"],
+        raw_outcomes=consumed(raw, "forwarded", "mediated", "duplicates") + chained["events_in"],
+        forwarded=raw["forwarded"],
+        keyed_consumed=consumed(keyed, "duplicates", "mediated"),
+        # A raw topic keyed by account is deduplicated in place: its outcomes count too.
+        mediated=keyed["mediated"] + raw["mediated"] + chained["mediated"],
+        duplicates=keyed["duplicates"] + raw["duplicates"] + chained["duplicates"],
+        rated=rating["rated"] + chained["rated"],
+        rating_consumed=consumed(rating, "rated") + chained["mediated"],
+        stored=cons["stored"],
+        consolidation_consumed=consumed(cons, "stored"),
+        rejected=dict(rejected),
+    )
 
 
 def drained(totals: Totals, published: int) -> bool:

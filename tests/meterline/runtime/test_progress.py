@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meterline.runtime.progress import Totals, drained, progress_record
+from meterline.runtime.progress import Totals, drained, progress_record, totals_of
 
 
 def totals(**overrides: int) -> Totals:
@@ -58,3 +58,24 @@ def test_only_progress_records_count() -> None:
     }  # fmt: skip
     for bad in (None, b"", b"{", b"[]", b'{"stage": "rating"}', good.replace(b"5}", b'"5"}')):
         assert progress_record(bad) is None, bad
+
+
+def progress(stage: str, topic: str, **counts: int) -> dict[str, object]:
+    return {"stage": stage, "topic": topic, "partition": 0, "through": 99, "counts": counts}
+
+
+def test_a_chained_worker_settles_every_outcome_of_what_it_counted_in() -> None:
+    """Mediation and rating chained: one progress record per raw partition holds both stages'
+    outcomes, and the run is drained once consolidation has stored what was rated."""
+    chained = progress(
+        "chained", "meterline.raw", events_in=100, mediated=85, duplicates=5, rated=83,
+        **{"rejected.malformed": 10, "rejected.no_matching_charge": 2},
+    )  # fmt: skip
+    stored = progress("consolidation", "meterline.usage.rated", stored=83)
+    found = totals_of([chained, stored], ["meterline.raw"])
+    assert (found.events_in, found.raw_outcomes, found.mediated, found.rated) == (100, 100, 85, 83)
+    assert found.rating_consumed == 85  # each mediated event was rated or rejected in the same batch
+    assert found.rejected == {"malformed": 10, "no_matching_charge": 2}
+    assert found.events_in == found.rated + found.duplicates + found.rejected_total
+    assert drained(found, published=100)
+    assert not drained(totals_of([chained], ["meterline.raw"]), published=100)  # not yet stored
