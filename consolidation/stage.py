@@ -47,6 +47,7 @@ from consolidation.closing import accounts_active_in, refresh_previews
 from consolidation.dead_letters import DeadLetterSender, Undelivered
 from consolidation.errors import ConsumeErrors, StoredOffsetsPastEndError
 from consolidation.errors import FatalStageError as FatalStageError
+from consolidation.fetch import gather
 from consolidation.live_site import LiveSite
 from consolidation.maintenance import checkpoint, roll_up
 from consolidation.rejected_feed import RejectedFeed
@@ -146,7 +147,7 @@ class Consolidator:
                 HEALTH.beat()
                 if self.contracts.poll() | self.periods.poll():
                     self._closes_due = True  # a new close, or a catalog that may finish an earlier one
-                messages = self._consumer.consume(s.store_batch_size, s.batch_timeout_s)
+                messages = gather(self._consumer, s.store_batch_size, s.batch_timeout_s)
                 if self._fatal is not None:
                     raise self._fatal
                 if messages:

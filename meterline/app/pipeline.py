@@ -30,6 +30,7 @@ from consolidation.lake import CATALOG_FILE, DATA_DIR, LOCK_FILE
 from consolidation.rejected_feed import catch_up
 from consolidation.store import BillingStore
 from invoice_site.run_outputs import write_invoice_documents, write_site
+from meterline.app.chained import STAGE as CHAINED
 from meterline.app.publish import InputFile, create_topics, produce_inputs, publish_catalog, publish_close
 from meterline.app.rejected_file import write_rejected
 from meterline.app.workers import CHAINED_STAGES
@@ -117,7 +118,7 @@ class RunResult:
 
 
 class Workers:
-    """The three stage processes of a run."""
+    """A run's worker processes: `<stage>`, and `<stage>-<n>` for a stage's n-th (id `<id>-<n>`)."""
 
     def __init__(self, settings: Settings, out_dir: Path, config: str | None) -> None:
         self.settings = settings
@@ -126,7 +127,7 @@ class Workers:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
 
-    def command(self, stage: str) -> list[str]:
+    def command(self, stage: str, instance: int = 1) -> list[str]:
         s = self.settings
         cmd = [
             sys.executable,
@@ -136,7 +137,7 @@ class Workers:
             "--bootstrap-servers",
             s.bootstrap_servers,
             "--instance-id",
-            s.instance_id,
+            s.instance_id if instance == 1 else f"{s.instance_id}-{instance}",
         ]
         if self.config:
             cmd += ["--config", self.config]
@@ -144,10 +145,11 @@ class Workers:
             cmd += ["--out", str(self.out_dir), "--no-auto-close"]
         return cmd
 
-    def start(self, stage: str) -> subprocess.Popen[bytes]:
+    def start(self, stage: str, instance: int = 1) -> subprocess.Popen[bytes]:
+        name = stage if instance == 1 else f"{stage}-{instance}"
         log_dir = self.out_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        handle = (log_dir / f"{stage}.log").open("ab")
+        handle = (log_dir / f"{name}.log").open("ab")
         self._logs.append(handle)
         env = {
             **os.environ,
@@ -155,9 +157,9 @@ class Workers:
             "METERLINE_TOPIC_PREFIX": self.settings.topic_prefix,
         }
         process = subprocess.Popen(
-            self.command(stage), stdout=handle, stderr=handle, env=env, stdin=subprocess.DEVNULL
+            self.command(stage, instance), stdout=handle, stderr=handle, env=env, stdin=subprocess.DEVNULL
         )
-        self.processes[stage] = process
+        self.processes[name] = process
         return process
 
     def check(self) -> None:
@@ -226,6 +228,11 @@ def _month_range(first: str, last: str) -> list[str]:
     return periods
 
 
+def chained_workers(settings: Settings) -> int:
+    """How many chained workers a run starts: one per core, at most one per partition."""
+    return max(1, min(os.cpu_count() or 1, settings.partitions))
+
+
 def run_pipeline(
     settings: Settings,
     catalog_path: str,
@@ -268,7 +275,9 @@ def run_pipeline(
         lines = SourceLines(s.partitions)
         try:
             for stage in stages:
-                workers.start(stage)
+                # Chained workers share the partitions: one per core, so both stages use every core.
+                for instance in range(1, (chained_workers(s) if stage == CHAINED else 1) + 1):
+                    workers.start(stage, instance)
             published = produce_inputs(
                 s, list(inputs), key_by_account=True, cdr_timezone=cdr_timezone, lines=lines
             )
