@@ -129,29 +129,36 @@ def _stage_runner(
         return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
 
     entry_topics = [topics.name(t.name) for t in settings.raw_topics]
-    mediation = MediationProcessor(settings, contracts, periods, partitions(topics.repartition))
-    rating = RatingProcessor(
-        contracts,
-        periods,
-        max_dlq_bytes=max_bytes_of(settings.kafka),
-        rated_topic=topics.rated,
-        dlq_topic=topics.rejected,
-        rated_partitions=partitions(topics.rated) if stage == CHAINED else None,
-    )
+
+    def mediation() -> MediationProcessor:
+        return MediationProcessor(settings, contracts, periods, partitions(topics.repartition))
+
+    def rating(rated_partitions: int | None = None) -> RatingProcessor:
+        return RatingProcessor(
+            contracts,
+            periods,
+            max_dlq_bytes=max_bytes_of(settings.kafka),
+            rated_topic=topics.rated,
+            dlq_topic=topics.rejected,
+            rated_partitions=rated_partitions,
+        )
+
     processor: Processor
     if stage == CHAINED:
         try:
-            processor = ChainedProcessor(mediation, rating, contracts, periods, settings.publish_mediated)
+            processor = ChainedProcessor(
+                mediation(), rating(partitions(topics.rated)), contracts, periods, settings.publish_mediated
+            )
         except ChainError as exc:
             _fatal(stage, str(exc))
         inputs = entry_topics
     elif stage == "mediation":
-        processor = mediation
+        processor = mediation()
         inputs = list(entry_topics)
         if any(not t.keyed_by_account for t in settings.raw_topics):
             inputs.append(topics.repartition)
     else:
-        processor, inputs, entry_topics = rating, [topics.mediated], []
+        processor, inputs, entry_topics = rating(), [topics.mediated], []
     return StageRunner(processor, settings, inputs, after_restore=settle_heap, entry_topics=entry_topics)
 
 
